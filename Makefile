@@ -1,0 +1,45 @@
+# The two commands of README.md: `make demo` and `make test`. Both set up .venv first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: setup demo test test-fast notebooks-clean notebooks-synced nbtest pytest bench clean
+
+# Install only when the metadata changed since the last install; print how long set-up took.
+setup:
+	@start=$$(date +%s); \
+	if [ ! -x $(PY) ]; then echo "creating $(VENV)"; python3 -m venv $(VENV) || exit 1; fi; \
+	if ! $(PY) -c 'import torch' 2>/dev/null; then \
+	  echo "installing torch $(TORCH_VERSION) (CPU build where available) before anything else"; \
+	  $(PY) -m pip install -q "torch==$(TORCH_VERSION)" || exit 1; fi; \
+	if [ ! -f $(STAMP) ] || [ settings.ini -nt $(STAMP) ] || [ setup.py -nt $(STAMP) ]; then \
+	  $(PY) -m pip install -q -e '.[dev]' && touch $(STAMP) || exit 1; fi; \
+	echo "set-up took $$(( $$(date +%s) - start ))s"
+
+demo: setup
+	$(BIN)/dignified-peer demo $(DEMO_ARGS)
+
+# Notebooks must be clean and in sync with the library (both checked as CI sees them), then every
+# notebook's tests run, then pytest, whose summary line CI reads.
+test: setup notebooks-clean notebooks-synced nbtest pytest
+
+notebooks-clean:
+	@bash .ci/unchanged.sh "nbdev-clean left notebooks changed: run nbdev-clean and commit" $(BIN)/nbdev-clean
+
+notebooks-synced:
+	@bash .ci/unchanged.sh "nbdev-export changed the library: run nbdev-export and commit" $(BIN)/nbdev-export
+
+nbtest:
+	@$(PY) .ci/nbtest.py $(NBTEST_ARGS)
+
+pytest:
+	$(BIN)/pytest -q tests $(PYTEST_ARGS)
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf runs build dist *.egg-info
