@@ -7,6 +7,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'dignified_peer.core._default_corpus': ('core.html#_default_corpus', 'dignified_peer/core.py'),
                                      'dignified_peer.core._split_trait_string': ('core.html#_split_trait_string', 'dignified_peer/core.py'),
                                      'dignified_peer.core.build_tiny_model': ('core.html#build_tiny_model', 'dignified_peer/core.py'),
+                                     'dignified_peer.core.data_dir': ('core.html#data_dir', 'dignified_peer/core.py'),
                                      'dignified_peer.core.ensure_chat_tokenizer': ( 'core.html#ensure_chat_tokenizer',
                                                                                     'dignified_peer/core.py'),
                                      'dignified_peer.core.get_logger': ('core.html#get_logger', 'dignified_peer/core.py'),
@@ -22,6 +23,5 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'dignified_peer.core.trait_group': ('core.html#trait_group', 'dignified_peer/core.py')},
             'dignified_peer.pipeline': { 'dignified_peer.pipeline.build_parser': ( 'pipeline.html#build_parser',
                                                                                    'dignified_peer/pipeline.py'),
-                                         'dignified_peer.pipeline.data_dir': ('pipeline.html#data_dir', 'dignified_peer/pipeline.py'),
                                          'dignified_peer.pipeline.demo': ('pipeline.html#demo', 'dignified_peer/pipeline.py'),
                                          'dignified_peer.pipeline.main': ('pipeline.html#main', 'dignified_peer/pipeline.py')}}}
