@@ -155,7 +155,8 @@ def get_logger(name:str) -> logging.Logger:
 # %% ../nbs/00_core.ipynb #75500efa
 def data_dir() -> Path:
     "The folder holding the shipped data (the clone's `data/`, else the installed copy)."
-    here = Path(__file__).resolve().parent.parent/'data'
+    import dignified_peer  # the package's own location, the same from a notebook or the module
+    here = Path(dignified_peer.__file__).resolve().parent.parent/'data'
     if here.is_dir(): return here
     return Path(sys.prefix)/'share'/'dignified_peer'/'data'
 
