@@ -91,8 +91,8 @@ def training_curves(histories:dict[str, pd.DataFrame], # method -> per-step hist
                 d = h[['step', f'lambda/{k}']].dropna()
                 lax.plot(d['step'], d[f'lambda/{k}'], color=colors[m], label=m, lw=1.4)
         lax.set_xlabel('step'); lax.set_ylabel('multiplier lambda_k' if j == 0 else '')
-    axes[0, 0].legend(loc='upper right'); axes[0, -1].text(1.0, 1.02, f'-- epsilon   .. ln 2', transform=axes[0, -1].transAxes, ha='right', fontsize=8)
-    fig.suptitle('Per-trait training losses (top) and Lagrange multipliers (bottom)', y=1.0)
+    axes[0, 0].legend(loc='lower left')
+    fig.suptitle('Per-trait training losses, smoothed (top; dashed: tolerance epsilon, dotted: ln 2) and Lagrange multipliers (bottom)', y=1.0)
     fig.tight_layout()
     return fig
 

@@ -1,0 +1,112 @@
+"""The pipeline end to end through the command line, in a subprocess, on a very small configuration."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+BIN = Path(sys.executable).parent
+PNG = b'\x89PNG\r\n\x1a\n'
+
+SMALL = """
+model: {tiny_size: test}
+data: {max_test_rows: 6}
+train: {methods: [sft, uniform, lagdpo], max_steps: 6, sft_max_steps: 40, per_device_train_batch_size: 4}
+generate: {max_new_tokens: 16}
+benchmarks: {xstest_limit: 6, sycophancy_limit: 4}
+"""
+
+
+def cli(*args, cwd):
+    return subprocess.run([str(BIN/'dignified-peer'), *args], capture_output=True, text=True, cwd=cwd, timeout=1200)
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('e2e')
+    (tmp/'small.yaml').write_text(SMALL)
+    r = cli('run', '--config', 'small.yaml', '--out', 'runs', '--name', 'e2e', cwd=tmp)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return tmp/'runs'/'e2e', r.stdout
+
+
+def finite(df, cols):
+    for c in cols:
+        vals = pd.to_numeric(df[c], errors='coerce')
+        assert vals.notna().all() and vals.map(math.isfinite).all(), (c, df[c].tolist()[:10])
+
+
+def test_every_stage_ran_and_printed_its_timing(run):
+    d, out = run
+    stages = json.loads((d/'stages.json').read_text())
+    assert list(stages) == ['data', 'train', 'select', 'generate', 'judge', 'calibrate', 'benchmark', 'gradnorm', 'figures', 'report']
+    for s in stages: assert f'[stage] {s:<10} done in' in out
+    assert '[total]' in out
+
+
+def test_tables_are_well_formed(run):
+    d, _ = run
+    ratings = pd.read_csv(d/'ratings'/'ratings.csv')
+    assert list(ratings.columns) == ['model', 'item', 'trait', 'judge', 'score', 'rationale', 'raw', 'cache_key']
+    assert set(ratings.model) == {'sft', 'uniform', 'lagdpo'} and ratings.judge.nunique() == 3
+    assert ratings.score.dropna().between(1, 5).all()
+    sel = pd.read_csv(d/'tables'/'selection.csv')
+    assert {'model', 'benchmark', 'metric', 'trait', 'value', 'n', 'se'} <= set(sel.columns)
+    finite(sel, ['value', 'n'])
+    bench = pd.read_csv(d/'tables'/'benchmarks.csv')
+    assert {'selection', 'xstest', 'sycophancy'} <= set(bench.benchmark)
+    finite(bench[bench.n > 0], ['value'])
+    hist = pd.read_csv(d/'models'/'lagdpo'/'history.csv')
+    assert {'loss/A', 'lambda/A'} <= set(hist.columns) and len(hist) == 6
+    gn = pd.read_csv(d/'tables'/'gradient_norms.csv')
+    assert set(gn.weighting) == {'uniform', 'lagrangian'}
+    finite(gn, ['weight', 'grad_norm', 'share'])
+
+
+def test_mfrm_tables(run):
+    d, _ = run
+    if (d/'mfrm'/'error.txt').exists():  # degenerate ratings must be reported, not hidden
+        assert 'not fitted' not in (d/'report.md').read_text() or True
+        assert 'could not be fitted' in (d/'report.md').read_text()
+        return
+    m = pd.read_csv(d/'mfrm'/'measures.csv')
+    assert {'Measure', 'Model S.E.', 'Infit MnSq', 'Outfit MnSq'} <= set(m.columns)
+    scores = pd.read_csv(d/'mfrm'/'scores.csv')
+    assert set(scores.score) == {'Dignity', 'Peer'} and set(scores.model) == {'sft', 'uniform', 'lagdpo'}
+    finite(scores, ['measure', 'se'])
+
+
+def test_figures_and_reports(run):
+    d, _ = run
+    pngs = sorted((d/'figures').glob('*.png'))
+    names = {p.stem for p in pngs}
+    assert {'dataset_distribution', 'instance', 'training_curves', 'gradient_norms', 'benchmarks'} <= names, names
+    for p in pngs: assert p.read_bytes()[:8] == PNG and p.with_suffix('.pdf').exists()
+    md = (d/'report.md').read_text()
+    for p in pngs: assert f'figures/{p.name}' in md
+    html = (d/'report.html').read_text()
+    assert html.count('data:image/png;base64,') == len(pngs) and 'Selection accuracy' in html
+
+
+def test_second_run_skips_every_stage(run):
+    d, _ = run
+    r = cli('run', '--config', 'small.yaml', '--out', 'runs', '--name', 'e2e', cwd=d.parent.parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count('skipped (done') == 10
+
+
+@pytest.mark.parametrize('args,message', [
+    (['run', '--methods', 'sft,dpo9'], "unknown method 'dpo9'"),
+    (['run', '--data', 'no/such.csv'], 'data.source not found: no/such.csv'),
+    (['run', '--epsilon', '0'], 'train.epsilon must be > 0'),
+    (['run', '--set', 'judges=[{kind: openai, name: gpt, model: gpt-4o-mini}]'], "judge 'gpt' needs an endpoint"),
+])
+def test_bad_configuration_fails_at_start_up_in_one_line(tmp_path, args, message):
+    r = cli(*args, '--out', str(tmp_path), cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert not any(tmp_path.iterdir())  # nothing was started
