@@ -125,7 +125,7 @@ class MFRM:
                  anchors:dict|None=None, # {facet or target column: {element: logits}}, fixed during fitting
                  categories=None, # (lowest, highest) category; None infers min..max of the data
                  max_iter:int=100, # most Newton iterations
-                 tol:float=1e-6, # convergence: largest parameter change (logits) in the last Newton step
+                 tol:float=1e-6, # convergence: largest parameter change (logits) of the full (undamped) Newton step
                  extreme_adjust:float=0.3, # score points moved in from an extreme score (FACETS default)
                  check_design:bool=True, # raise DisconnectedDesignError on a disconnected design; False: warn, centre each subset
                 ):
@@ -156,7 +156,7 @@ class MFRM:
         crows = self._constraints(in_fit)
         theta = np.concatenate([self.beta_, self.K_[self.kfree_ >= 0]])  # kfree numbers them in this order
         L = self._layout(rows, xa, sca)
-        self.history_, self.converged_ = [], False
+        self.history_, self.converged_, it, ascent = [], False, 0, True
         for it in range(1, self.max_iter + 1):
             ll, g, H = self._score_info(theta, L)
             lu, A = self._kkt(H, free, crows)
@@ -164,21 +164,28 @@ class MFRM:
             step = lu.solve(np.concatenate([g[free], np.zeros(len(crows))]))[:len(free)]
             if not np.all(np.isfinite(step)):
                 raise DisconnectedDesignError("the information matrix is singular: the design does not identify every measure")
-            big = np.abs(step).max() if len(step) else 0.0
-            if big > 2.0: step *= 2.0 / big  # at most 2 logits a step, as FACETS and Winsteps limit it
+            # convergence is judged on the undamped step: a damped one is small whenever the line search gives up
+            newton = float(np.abs(step).max()) if len(step) else 0.0
+            if newton > 2.0: step *= 2.0 / newton  # at most 2 logits a step, as FACETS and Winsteps limit it
             t = 1.0
-            while True:  # the log-likelihood is concave, so halving the step always ends in an ascent
+            while True:  # the log-likelihood is concave, so halving the step should end in an ascent
                 new = theta.copy(); new[free] += t * step
                 ll_new = self._loglik(new, rows, xa, sca)
-                if ll_new >= ll - 1e-10 * abs(ll) or t < 1e-4: break
+                ascent = ll_new >= ll - 1e-10 * abs(ll)
+                if ascent or t < 1e-4: break
                 t /= 2
-            theta = new
-            self.history_.append((it, ll_new, float(t * np.abs(step).max()) if len(step) else 0.0))
-            if self.history_[-1][2] < self.tol: self.converged_ = True; break
+            if ascent: theta, ll = new, ll_new  # a step that lowers the likelihood is never taken
+            self.history_.append((it, ll, newton))
+            if newton < self.tol: self.converged_ = True; break
+            if not ascent: break  # the same point gives the same step: more iterations cannot help
         self.n_iter_ = it
-        if not self.converged_:
-            warnings.warn(f"MFRM did not converge in {self.max_iter} iterations (last step "
-                          f"{self.history_[-1][2]:.2g} logits > tol {self.tol:g})", MFRMConvergenceWarning, stacklevel=2)
+        if not self.converged_ and not ascent:
+            warnings.warn(f"MFRM line search failed at iteration {it}: no fraction (down to 1/16384) of the Newton step "
+                          f"({newton:.2g} logits > tol {self.tol:g}) raises the log-likelihood; the fit stopped unconverged",
+                          MFRMConvergenceWarning, stacklevel=2)
+        elif not self.converged_:
+            last = f" (last Newton step {self.history_[-1][2]:.2g} logits > tol {self.tol:g})" if self.history_ else ''
+            warnings.warn(f"MFRM did not converge in {self.max_iter} iterations{last}", MFRMConvergenceWarning, stacklevel=2)
         self.loglik_ = self.history_[-1][1] if self.history_ else self._loglik(theta, rows, xa, sca)
         self.beta_, self.K_ = theta[:self.n_beta_].copy(), self._K_from(theta)
         self._posthoc(x, ~in_fit & ~self.anchored_)
@@ -653,8 +660,9 @@ def _thresholds(self:MFRM) -> pd.DataFrame:
     for s in range(S):
         obs = np.isfinite(self.K_[s])
         for c in range(C):
-            prev = c - 1
-            ok = obs[c] and c > 0 and obs[prev]
+            below = np.flatnonzero(obs[:c])  # the step into c starts at the last used category under it
+            prev = below[-1] if len(below) else -1
+            ok = obs[c] and prev >= 0
             tau = self.K_[s, c] - self.K_[s, prev] if ok else np.nan
             se = np.sqrt(max(cov(self.kfree_[s, c], self.kfree_[s, c]) + cov(self.kfree_[s, prev], self.kfree_[s, prev])
                              - 2 * cov(self.kfree_[s, c], self.kfree_[s, prev]), 0)) if ok else np.nan
@@ -667,7 +675,7 @@ def _thresholds(self:MFRM) -> pd.DataFrame:
 
 MFRM.thresholds = _thresholds
 
-# %% ../nbs/07_mfrm.ipynb #b2a9c5a7
+# %% ../nbs/07_mfrm.ipynb #77911d1c
 def _unexpected(self:MFRM, bound:float=3.0 # report ratings whose |standardised residual| is at least this
                ) -> pd.DataFrame:
     "Unexpected ratings: observed, expected, residual and standardised residual, largest first."
@@ -681,7 +689,7 @@ def _unexpected(self:MFRM, bound:float=3.0 # report ratings whose |standardised 
 
 MFRM.unexpected = _unexpected
 
-# %% ../nbs/07_mfrm.ipynb #05f3594f
+# %% ../nbs/07_mfrm.ipynb #354d631f
 def _bias(self:MFRM, by=('judge', 'trait'), # the interaction to test, as columns of the ratings
           ) -> pd.DataFrame:
     "Bias/interaction terms estimated cell by cell with every measure held fixed (FACETS Table 13 style)."
@@ -715,7 +723,7 @@ def _bias(self:MFRM, by=('judge', 'trait'), # the interaction to test, as column
 
 MFRM.bias = _bias
 
-# %% ../nbs/07_mfrm.ipynb #aa8ffa74
+# %% ../nbs/07_mfrm.ipynb #1698b8da
 def _composite(self:MFRM, traits:Sequence[str]) -> pd.DataFrame:
     "Per model the mean of its measures on `traits`, with S.E. from the joint covariance (covariances included)."
     lab = self.labels_[0]
@@ -749,7 +757,7 @@ def _peer_score(self:MFRM) -> pd.DataFrame:
 
 MFRM._composite, MFRM._weights, MFRM.dignity_score, MFRM.peer_score = _composite, _weights, _dignity_score, _peer_score
 
-# %% ../nbs/07_mfrm.ipynb #42929aa6
+# %% ../nbs/07_mfrm.ipynb #4ab43072
 def _contrasts(self:MFRM, scores=None, # names: traits and/or 'Dignity', 'Peer'; default all traits and both groups
                baseline=None, # a model: only contrasts against it; None: every pair
               ) -> pd.DataFrame:
@@ -777,7 +785,7 @@ def _contrasts(self:MFRM, scores=None, # names: traits and/or 'Dignity', 'Peer';
 
 MFRM.contrasts = _contrasts
 
-# %% ../nbs/07_mfrm.ipynb #0b01604a
+# %% ../nbs/07_mfrm.ipynb #c317bc70
 def _ci(t: pd.DataFrame) -> np.ndarray:
     "95 % half-widths: the joint S.E. where there is one, else the model S.E."
     se = t['Joint S.E.'].where(t['Joint S.E.'].notna() & (t['Joint S.E.'] > 0), t['Model S.E.'])
@@ -813,7 +821,7 @@ def wright_map(mfrm:MFRM, # a fitted MFRM
     fig.suptitle('Wright map'); fig.tight_layout()
     return fig
 
-# %% ../nbs/07_mfrm.ipynb #631b0ead
+# %% ../nbs/07_mfrm.ipynb #c081fc53
 def trait_measures_plot(mfrm:MFRM) -> plt.Figure:
     "Per trait, each model's measure with its 95 % interval."
     t = mfrm.measures().query("facet == @_facet_name(@mfrm.target)")
