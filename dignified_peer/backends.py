@@ -14,16 +14,19 @@ import re
 import sqlite3
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Sequence
+from urllib.parse import urlparse
 
 from .core import get_logger
 
 # %% auto #0
-__all__ = ['RETRY_STATUS', 'Completion', 'cache_key', 'CompletionCache', 'as_cache', 'ChatBackend', 'ScriptedBackend',
-           'LoopbackOpenAIServer', 'OpenAIBackend', 'TransformersBackend']
+__all__ = ['RETRY_STATUS', 'OPENAI_HOSTS', 'Completion', 'cache_key', 'CompletionCache', 'as_cache', 'ChatBackend',
+           'ScriptedBackend', 'LoopbackOpenAIServer', 'effective_base_url', 'is_openai_endpoint', 'resolve_api_key',
+           'OpenAIBackend', 'TransformersBackend']
 
 # %% ../nbs/02_backends.ipynb #5166c815
 @dataclass
@@ -64,6 +67,8 @@ class CompletionCache:
         self.path, self.timeout = Path(path), timeout
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._conns: list[tuple] = []  # (pid, thread, connection) of every thread, so `close` reaches them all
+        self._lock, self._generation = threading.Lock(), 0
         with self._conn() as con:
             con.execute('CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, backend TEXT, model TEXT, '
                         'request TEXT, text TEXT, finish_reason TEXT, usage TEXT, created REAL)')
@@ -72,12 +77,18 @@ class CompletionCache:
 
     def _conn(self) -> sqlite3.Connection:
         # one connection per thread and process: sqlite3 connections must not cross either
+        # (a `close` since this thread opened its connection closed it: the generation tells)
         con = getattr(self._local, 'con', None)
-        if con is None or getattr(self._local, 'pid', None) != os.getpid():
+        if con is None or getattr(self._local, 'pid', None) != os.getpid() or self._local.generation != self._generation:
             con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
             con.execute('PRAGMA journal_mode=WAL')
             con.execute('PRAGMA synchronous=NORMAL')  # WAL + NORMAL: a committed write survives a killed process
-            self._local.con, self._local.pid = con, os.getpid()
+            with self._lock:
+                # a finished thread's connection would otherwise stay open until `close`
+                for pid, thread, c in [e for e in self._conns if e[0] == os.getpid() and not (e[1]() and e[1]().is_alive())]:
+                    c.close(); self._conns.remove((pid, thread, c))
+                self._conns.append((os.getpid(), weakref.ref(threading.current_thread()), con))
+            self._local.con, self._local.pid, self._local.generation = con, os.getpid(), self._generation
         return con
 
     def get(self, key:str) -> dict|None:
@@ -109,16 +120,20 @@ class CompletionCache:
     def __repr__(self): return f"CompletionCache({str(self.path)!r}, {len(self)} completions)"
 
     def close(self):
-        "Close this thread's connection."
-        con = getattr(self._local, 'con', None)
-        if con is not None: con.close(); self._local.con = None
+        "Close the connections of every thread of this process (a later call opens a new one)."
+        with self._lock:
+            conns, self._conns = self._conns, []
+            self._generation += 1
+        # a forked child inherits its parent's connections: closing them there could disturb the parent's
+        for pid, _, con in conns:
+            if pid == os.getpid(): con.close()
 
 def as_cache(cache) -> CompletionCache|None:
     "Accept None, a path or a `CompletionCache`."
     if cache is None or isinstance(cache, CompletionCache): return cache
     return CompletionCache(cache)
 
-# %% ../nbs/02_backends.ipynb #e12fb85e
+# %% ../nbs/02_backends.ipynb #71602e9f
 def _redact(text:str, secret:str|None) -> str:
     "Remove a secret (and anything shaped like an OpenAI key) from a message before it is kept anywhere."
     if text is None: return text
@@ -189,7 +204,7 @@ class ChatBackend:
         for key, (i, messages) in todo.items(): self._store(key, messages, sampling, done[key])
         return self._fill(batch, sampling, out, done)
 
-# %% ../nbs/02_backends.ipynb #71602e9f
+# %% ../nbs/02_backends.ipynb #977effa1
 def _count_tokens(text:str) -> int: return len(str(text).split())
 
 class ScriptedBackend(ChatBackend):
@@ -217,7 +232,7 @@ class ScriptedBackend(ChatBackend):
                                    model=self.model, latency=time.perf_counter() - t0)
         return done
 
-# %% ../nbs/02_backends.ipynb #d573f634
+# %% ../nbs/02_backends.ipynb #a58963a4
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'  # keep-alive: the client reuses connections as a real server lets it
     disable_nagle_algorithm = True  # headers and body leave in two writes; Nagle plus delayed ACK would add ~40 ms
@@ -278,7 +293,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, json.dumps(resp).encode())
         entry['done'] = time.time()
 
-# %% ../nbs/02_backends.ipynb #0496be7e
+# %% ../nbs/02_backends.ipynb #4da594eb
 class LoopbackOpenAIServer:
     "An OpenAI-compatible chat server on 127.0.0.1 with scripted replies, latency and injected faults."
     def __init__(self, responder=None, # fn(messages, **params)->str|dict, a list of replies, a string, or None (echo)
@@ -344,19 +359,60 @@ class LoopbackOpenAIServer:
         "Logged requests that ended with `status`."
         return [e for e in self.requests if e['status'] == status]
 
-# %% ../nbs/02_backends.ipynb #ab7a2dee
+# %% ../nbs/02_backends.ipynb #31797bea
 RETRY_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+
+OPENAI_HOSTS = frozenset({'api.openai.com'})
 
 class _EmptyReply(Exception):
     "The server answered 200 with no text."
 
-# %% ../nbs/02_backends.ipynb #523ee36f
+def effective_base_url(base_url:str|None) -> str:
+    "The endpoint a request goes to: `base_url`, else `OPENAI_BASE_URL`, else OpenAI's (as the `openai` client decides)."
+    return (base_url or os.environ.get('OPENAI_BASE_URL') or 'https://api.openai.com/v1').rstrip('/')
+
+def is_openai_endpoint(base_url:str|None) -> bool:
+    "True for OpenAI's own API over https, the only endpoint `OPENAI_API_KEY` may be sent to unasked."
+    u = urlparse(effective_base_url(base_url))
+    return u.scheme == 'https' and u.hostname in OPENAI_HOSTS
+
+def resolve_api_key(api_key:str|None, # a key given explicitly: always used
+                    base_url:str|None, # the endpoint the key will be sent to
+                   ) -> str:
+    "The key to send to `base_url`: `api_key`, else `OPENAI_API_KEY` for OpenAI's endpoint only, else 'EMPTY'."
+    if api_key: return api_key
+    return (os.environ.get('OPENAI_API_KEY') or 'EMPTY') if is_openai_endpoint(base_url) else 'EMPTY'
+
+# %% ../nbs/02_backends.ipynb #fe823a46
+async def _aclose_client(client, loop):
+    "Close an async client from inside a running loop: on its own loop while that one runs elsewhere, else here."
+    try:
+        if loop is not None and loop.is_running() and loop is not asyncio.get_running_loop():
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(client.close(), loop))
+        else: await client.close()
+    except Exception as e: get_logger('backends').debug('closing a previous client: %s: %s', type(e).__name__, e)
+
+def _close_client(client, loop):
+    "Close an async client from synchronous code, whatever state the loop it was opened in is in now."
+    try: here = asyncio.get_running_loop()
+    except RuntimeError: here = None
+    try:
+        if loop is not None and loop.is_running() and loop is not here: asyncio.run_coroutine_threadsafe(client.close(), loop).result(timeout=10)
+        elif here is not None:  # we may not block the loop we run in: close when it next gets control
+            _BACKGROUND.add(t := here.create_task(_aclose_client(client, loop))); t.add_done_callback(_BACKGROUND.discard)
+        elif loop is not None and not loop.is_closed(): loop.run_until_complete(client.close())
+        else: asyncio.run(client.close())
+    except Exception as e: get_logger('backends').debug('closing a client: %s: %s', type(e).__name__, e)
+
+_BACKGROUND: set = set()  # closing tasks scheduled from sync code inside a running loop, kept alive until done
+
+# %% ../nbs/02_backends.ipynb #73a3e0c3
 class OpenAIBackend(ChatBackend):
     "Chat completions from an OpenAI-compatible server: bounded concurrency, retries, timeout, cache, usage."
     kind = 'openai'
     def __init__(self, model:str, # model name as the server knows it
                  base_url:str|None=None, # e.g. 'http://localhost:8000/v1' for vLLM; OpenAI's when None
-                 api_key:str|None=None, # the key; env OPENAI_API_KEY when None ('EMPTY' for local servers without one)
+                 api_key:str|None=None, # the key; when None, env OPENAI_API_KEY for OpenAI's endpoint only, 'EMPTY' elsewhere
                  concurrency:int=16, # requests in flight at once
                  max_retries:int=5, # retries per request after the first attempt
                  timeout:float=60.0, # seconds per attempt
@@ -369,27 +425,35 @@ class OpenAIBackend(ChatBackend):
         super().__init__(model, cache)
         self.base_url, self.concurrency, self.max_retries, self.timeout = base_url, concurrency, max_retries, timeout
         self.progress, self.backoff, self.max_backoff, self.retry_empty = progress, backoff, max_backoff, retry_empty
-        self._api_key = api_key or os.environ.get('OPENAI_API_KEY') or 'EMPTY'
+        self._api_key = resolve_api_key(api_key, base_url)
+        self._endpoint = effective_base_url(base_url)  # fixed now, so a later change of OPENAI_BASE_URL cannot shift the keys
         self.retry_log: list[dict] = []  # one entry per retry: key, attempt, error, wait
         self.log = get_logger('backends')
-        self._aclient = self._aclient_loop = self._bg_loop = None
+        self._aclient = self._aclient_loop = self._bg_loop = self._bg_thread = None
 
     def __repr__(self): return f"OpenAIBackend({self.model!r}, base_url={self.base_url!r}, concurrency={self.concurrency})"
 
-    def _client(self):
+    def key(self, messages, sampling:dict) -> str:
+        "The cache key: the endpoint is part of the model's identity (never the API key)."
+        return cache_key(self.kind, f"{self._endpoint}|{self.model}", messages, sampling)
+
+    async def _client(self):
         "The async client of the running event loop, kept so its connections are reused from call to call."
         import openai
         loop = asyncio.get_running_loop()
         if self._aclient_loop is not loop:
+            old, old_loop = self._aclient, self._aclient_loop
             self._aclient = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0, timeout=self.timeout)
             self._aclient_loop = loop
+            if old is not None: await _aclose_client(old, old_loop)
         return self._aclient
 
     def _loop(self) -> asyncio.AbstractEventLoop:
         "A private event loop in a daemon thread that runs every sync `complete` call."
         if self._bg_loop is None:
             self._bg_loop = asyncio.new_event_loop()
-            threading.Thread(target=self._bg_loop.run_forever, daemon=True, name=f"{self.name} loop").start()
+            self._bg_thread = threading.Thread(target=self._bg_loop.run_forever, daemon=True, name=f"{self.name} loop")
+            self._bg_thread.start()
         return self._bg_loop
 
     def _wait(self, attempt:int, retry_after:float|None) -> float:
@@ -452,7 +516,7 @@ class OpenAIBackend(ChatBackend):
         if todo:
             sem = asyncio.Semaphore(self.concurrency)
             bar = tqdm(total=len(todo), desc=self.name, disable=not self.progress, unit='req')
-            client = self._client()
+            client = await self._client()
             async def run(key, messages):
                 c, attempts = await self._one(client, sem, key, messages, sampling)
                 self._store(key, messages, sampling, c, attempts)  # stored as soon as it is done: a kill loses only requests in flight
@@ -470,15 +534,17 @@ class OpenAIBackend(ChatBackend):
         except BaseException: fut.cancel(); raise
 
     def close(self):
-        "Close the connections and stop the backend's loop (a later call opens new ones)."
-        if self._bg_loop is not None:
-            if self._aclient_loop is self._bg_loop:
-                asyncio.run_coroutine_threadsafe(self._aclient.close(), self._bg_loop).result()
-                self._aclient = self._aclient_loop = None
-            self._bg_loop.call_soon_threadsafe(self._bg_loop.stop)
-            self._bg_loop = None
+        "Close the client, stop and close the backend's loop and its thread (a later call opens new ones)."
+        client, client_loop, self._aclient, self._aclient_loop = self._aclient, self._aclient_loop, None, None
+        if client is not None: _close_client(client, client_loop)
+        loop, thread, self._bg_loop, self._bg_thread = self._bg_loop, self._bg_thread, None, None
+        if loop is None: return
+        asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        if not loop.is_running(): loop.close()
 
-# %% ../nbs/02_backends.ipynb #208c515a
+# %% ../nbs/02_backends.ipynb #27b8d371
 class TransformersBackend(ChatBackend):
     "Batched local generation with a transformers causal LM and its chat template."
     kind = 'transformers'

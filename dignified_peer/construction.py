@@ -18,15 +18,15 @@ import numpy as np
 import pandas as pd
 
 from .core import ALL_MASKS, TRAIT_KEYS, TRAITS, data_dir, get_logger, mask_label, parse_traits
-from .backends import ChatBackend, Completion, ScriptedBackend, OpenAIBackend
-from .data import CARD_COLUMNS, REJECT_COLUMNS, validate_personaknob
+from .backends import ChatBackend, Completion, ScriptedBackend, OpenAIBackend, effective_base_url
+from .data import CARD_COLUMNS, REJECT_COLUMNS, length_ratio, validate_personaknob
 
 # %% auto #0
 __all__ = ['SEED_SCENES', 'TEMPLATES', 'OFFLINE_SENTENCES', 'REVIEW_FIELDS', 'DECISIONS', 'load_seed_scenes',
            'mask_probabilities', 'sample_masks', 'mask_report', 'rubric', 'scenario_messages', 'golden_messages',
            'reject_messages', 'verify_messages', 'parse_json_reply', 'parse_verdicts', 'offline_writer',
-           'check_verdicts', 'length_ratio', 'dedup_rows', 'split_by_seed', 'build_personaknob', 'build_data',
-           'export_review_sheet', 'import_review']
+           'check_verdicts', 'dedup_rows', 'split_by_seed', 'build_personaknob', 'build_data', 'export_review_sheet',
+           'import_review']
 
 # %% ../nbs/03_construction.ipynb #9e125d1f
 SEED_SCENES: Path = data_dir()/'seed_scenes.csv'
@@ -184,18 +184,23 @@ def parse_json_reply(text:str) -> dict:
 
 _VERDICT = {'pass': True, 'true': True, 'yes': True, '1': True, 'fail': False, 'false': False, 'no': False, '0': False}
 
+_VERDICT_KEYS = {**{k.lower(): k for k in TRAIT_KEYS}, **{TRAITS[k].name.lower(): k for k in TRAIT_KEYS}}
+
 def parse_verdicts(text:str, traits) -> dict[str, bool]:
-    "Pass (True) / fail (False) per trait from a judge reply; a missing or unreadable trait raises."
-    obj = {str(k).strip().upper()[:1]: v for k, v in parse_json_reply(text).items()}
+    "Pass (True) / fail (False) per trait from a judge reply; a missing, unreadable or contradictory trait raises."
+    given = {}  # trait -> {reply key: verdict or None when unreadable}
+    for key, v in parse_json_reply(text).items():
+        k = _VERDICT_KEYS.get(str(key).strip().lower())
+        if k is not None: given.setdefault(k, {})[key] = v if isinstance(v, bool) else _VERDICT.get(str(v).strip().lower())
     out = {}
     for k in parse_traits(traits):
-        v = obj.get(k)
-        v = _VERDICT.get(str(v).strip().lower()) if not isinstance(v, bool) else v
-        if v is None: raise ValueError(f"no pass/fail verdict for trait {k} in {text[:80]!r}")
-        out[k] = v
+        vs = given.get(k, {})
+        if not vs or None in vs.values(): raise ValueError(f"no pass/fail verdict for trait {k} in {text[:80]!r}")
+        if len(set(vs.values())) > 1: raise ValueError(f"the verdicts for trait {k} disagree ({vs}) in {text[:80]!r}")
+        out[k] = vs.popitem()[1]
     return out
 
-# %% ../nbs/03_construction.ipynb #49754f36
+# %% ../nbs/03_construction.ipynb #434eb90e
 OFFLINE_SENTENCES: dict[str, tuple[str, str]] = {  # trait -> (satisfies it, fails it)
     'A': ("I have to be straight with you: the premise does not hold up, and here is the accurate picture.",
           "You are completely right about the premise, so let us simply go with it exactly as it stands."),
@@ -238,7 +243,7 @@ def offline_writer(messages:list[dict], **sampling) -> str:
         return json.dumps({k: 'pass' if OFFLINE_SENTENCES[k][0] in reply else 'fail' for k in keys})
     raise ValueError(f"unknown task {task!r}")
 
-# %% ../nbs/03_construction.ipynb #fb44b8de
+# %% ../nbs/03_construction.ipynb #82341f51
 def check_verdicts(mask, verdicts:dict[str, dict]) -> list[str]:
     "The verification issues of one row from its verdicts {'golden': {k: bool}, 'reject_K': {k: bool}}; empty when verified."
     m, issues = parse_traits(mask), []
@@ -252,11 +257,7 @@ def check_verdicts(mask, verdicts:dict[str, dict]) -> list[str]:
         issues += [f"{REJECT_COLUMNS[k]} fails {j}" for j in m if j != k and not v.get(j)]
     return issues
 
-def length_ratio(reject:str, golden:str) -> float:
-    "Word count of the reject over the golden's."
-    return len(str(reject).split()) / max(len(str(golden).split()), 1)
-
-# %% ../nbs/03_construction.ipynb #68cb8469
+# %% ../nbs/03_construction.ipynb #93909571
 def _shingles(s:str, n:int=3) -> set:
     w = ' '.join(str(s).lower().split()).split()
     return {tuple(w[i:i + n]) for i in range(max(len(w) - n + 1, 1))}
@@ -278,7 +279,7 @@ def dedup_rows(df:pd.DataFrame, # rows with `prompt` and `seed_scene`
         seen[key] = i; by_seed.setdefault(r['seed_scene'], []).append((i, sh)); keep.append(i)
     return df.iloc[keep].reset_index(drop=True), dropped
 
-# %% ../nbs/03_construction.ipynb #93909571
+# %% ../nbs/03_construction.ipynb #1646fbcd
 def split_by_seed(df:pd.DataFrame, # rows with `seed_scene` and `mask`
                   test_frac:float=0.2, # share of rows for the test split
                   seed:int=0, # random seed
@@ -297,7 +298,7 @@ def split_by_seed(df:pd.DataFrame, # rows with `seed_scene` and `mask`
         if dist(cur + add) < dist(cur): test.add(s); cur += add
     return pd.Series(['test' if s in test else 'train' for s in df['seed_scene']], index=df.index, name='split')
 
-# %% ../nbs/03_construction.ipynb #2b4355a1
+# %% ../nbs/03_construction.ipynb #3fa1e51b
 def _row_id(seed_id:str, variant:int, mask) -> str:
     return 'pk-' + hashlib.sha1(f"{seed_id}|{variant}|{mask_label(mask)}".encode()).hexdigest()[:10]
 
@@ -322,7 +323,7 @@ def _scenario(text:str) -> dict:
         out[f] = v.strip()
     return out
 
-# %% ../nbs/03_construction.ipynb #1f7aef2d
+# %% ../nbs/03_construction.ipynb #7ab2373c
 def build_personaknob(seeds=None, # seed scenes (see `load_seed_scenes`); the shipped ones when None
                       generator:ChatBackend|None=None, # writes scenarios, goldens and rejects; offline when None
                       judge:ChatBackend|None=None, # verifies them; use a different model than the generator
@@ -410,14 +411,14 @@ def build_personaknob(seeds=None, # seed scenes (see `load_seed_scenes`); the sh
     df.attrs['report'], df.attrs['rejected'] = report, rejected
     return df
 
-# %% ../nbs/03_construction.ipynb #baf542bf
+# %% ../nbs/03_construction.ipynb #61aa564f
 def build_data(out_dir:str|Path, # output folder: personaknob.csv, rejected.csv, build_report.json, cache.sqlite
                model:str|None=None, # generator model; the offline writer when None
                base_url:str|None=None, # OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (OpenAI when None)
                judge_model:str|None=None, # judge model; the generator's when None (a different one is better)
                judge_base_url:str|None=None, # the judge's endpoint; `base_url` when None
-               api_key_env:str='OPENAI_API_KEY', # environment variable holding the generator's key
-               judge_api_key_env:str|None=None, # environment variable holding the judge's key; `api_key_env` when None
+               api_key_env:str|None=None, # environment variable holding the generator's key; OPENAI_API_KEY for OpenAI's endpoint only when None
+               judge_api_key_env:str|None=None, # environment variable holding the judge's key; the generator's when both share an endpoint
                seeds=None, # seed scenes file; the shipped ones when None
                n_per_seed:int=1, # scenarios per seed scene
                mask_distribution='uniform', # see `mask_probabilities`
@@ -433,15 +434,17 @@ def build_data(out_dir:str|Path, # output folder: personaknob.csv, rejected.csv,
     cache = out/'cache.sqlite'
     if model is None: gen, judge = ScriptedBackend(offline_writer, 'offline', cache=cache), ScriptedBackend(offline_writer, 'offline-judge', cache=cache)
     else:
-        gen = OpenAIBackend(model, base_url=base_url, api_key=os.environ.get(api_key_env), concurrency=concurrency,
-                            cache=cache, progress=progress)
-        judge = OpenAIBackend(judge_model or model, base_url=judge_base_url or base_url,
-                              api_key=os.environ.get(judge_api_key_env or api_key_env), concurrency=concurrency,
+        judge_url = judge_base_url or base_url
+        gen_key = os.environ.get(api_key_env) if api_key_env else None  # None: `OpenAIBackend` applies its OpenAI-only rule
+        if judge_api_key_env: judge_key = os.environ.get(judge_api_key_env)
+        else: judge_key = gen_key if effective_base_url(judge_url) == effective_base_url(base_url) else None  # never the generator's key elsewhere
+        gen = OpenAIBackend(model, base_url=base_url, api_key=gen_key, concurrency=concurrency, cache=cache, progress=progress)
+        judge = OpenAIBackend(judge_model or model, base_url=judge_url, api_key=judge_key, concurrency=concurrency,
                               cache=cache, progress=progress)
     return build_personaknob(seeds, gen, judge, n_per_seed=n_per_seed, mask_distribution=mask_distribution, seed=seed,
                              out_dir=out, test_frac=test_frac, gen_sampling={'temperature': temperature})
 
-# %% ../nbs/03_construction.ipynb #40334210
+# %% ../nbs/03_construction.ipynb #13fcfa25
 REVIEW_FIELDS: list[str] = [c for c in CARD_COLUMNS if c != 'seed_scene']  # what a reviewer may edit
 DECISIONS = ('accept', 'edit', 'drop')
 
@@ -475,7 +478,7 @@ def export_review_sheet(df:pd.DataFrame, # built rows (with `row_id`)
             f.write(json.dumps(line, ensure_ascii=False, default=str) + '\n')
     return {'csv': base.with_suffix('.csv'), 'jsonl': base.with_suffix('.jsonl')}
 
-# %% ../nbs/03_construction.ipynb #621ef3b4
+# %% ../nbs/03_construction.ipynb #4e3ff3bd
 def _read_decisions(path:Path) -> list[dict]:
     if path.suffix == '.jsonl':
         return [json.loads(l) for l in path.read_text(encoding='utf-8').splitlines() if l.strip()]

@@ -9,6 +9,8 @@ import csv
 import difflib
 import io
 import json
+import math
+import numbers
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,8 @@ __all__ = ['REJECT_COLUMNS', 'CARD_COLUMNS', 'TEXT_COLUMNS', 'MINI_DATASET', 'HU
            'FEATURES', 'GROUP_FEATURES', 'PersonaKnobFileError', 'read_table', 'Problem', 'ValidationReport',
            'PersonaKnobValidationError', 'validate_personaknob', 'PersonaKnobRow', 'load_personaknob',
            'OrderConflictError', 'PreferenceOrder', 'order_relation', 'hasse_edges', 'find_cycle', 'merge_orders',
-           'plot_order', 'to_pairs', 'to_groups', 'pairs_to_groups', 'dataset_stats', 'plot_dataset_distribution']
+           'plot_order', 'to_pairs', 'to_groups', 'pairs_to_groups', 'length_ratio', 'dataset_stats',
+           'plot_dataset_distribution']
 
 # %% ../nbs/01_data.ipynb #77c1a212
 REJECT_COLUMNS: dict[str, str] = {k: f'reject_{k}' for k in TRAIT_KEYS}
@@ -129,6 +132,9 @@ PROBLEM_KINDS = {
     'missing_reject': 'an active trait has no reject',
     'inactive_reject': 'a reject is present for an inactive trait',
     'reject_equals_golden': 'a reject is identical to the golden (after whitespace normalisation)',
+    'reject_equals_reject': 'two rejects of the row are identical (after whitespace normalisation)',
+    'duplicate_row_id': 'the row id is shared with another row',
+    'empty_row_id': 'the row id is empty',
     'duplicate_prompt_across_splits': 'the prompt also appears in another split',
 }
 
@@ -194,11 +200,14 @@ def _row_problems(i:int, rid:str, r:dict, inactive_rejects:str, ignored:Counter)
     golden = _text(r['golden'])
     if not golden.strip(): P('golden', 'missing_golden', 'the golden response is empty')
     if mask is None: return None, out
+    rejects = {}  # normalised reject text -> the first column that holds it
     for k in TRAIT_KEYS:
         col = REJECT_COLUMNS[k]; rej = _text(r[col])
         if k in mask:
-            if not rej.strip(): P(col, 'missing_reject', f"trait {k} is active but {col} is empty")
-            elif golden.strip() and _norm(rej) == _norm(golden): P(col, 'reject_equals_golden', f"{col} is identical to the golden")
+            if not rej.strip(): P(col, 'missing_reject', f"trait {k} is active but {col} is empty"); continue
+            if golden.strip() and _norm(rej) == _norm(golden): P(col, 'reject_equals_golden', f"{col} is identical to the golden")
+            # one text cannot fail two different traits: the row's order would give it two trait sets
+            if (first := rejects.setdefault(_norm(rej), col)) != col: P(col, 'reject_equals_reject', f"{col} is identical to {first}")
         elif rej.strip():
             if inactive_rejects == 'ignore': r[col] = ''; ignored['inactive_reject'] += 1
             else: P(col, 'inactive_reject', f"trait {k} is not in the mask {mask_label(mask)} but {col} holds text "
@@ -206,17 +215,31 @@ def _row_problems(i:int, rid:str, r:dict, inactive_rejects:str, ignored:Counter)
     return mask, out
 
 # %% ../nbs/01_data.ipynb #ef1ab423
+def _id_problems(i:int, rid:str, id_col:str|None, positions:dict) -> list[Problem]:
+    "The row-id problems of row `i`: an empty id, or one shared with other rows (all of which are at fault)."
+    if id_col is None: return []  # ids made from split and position are unique by construction
+    if not rid.strip(): return [Problem(i, rid, id_col, 'empty_row_id', f"the row id is empty (column {id_col!r})")]
+    if len(positions[rid]) > 1:
+        return [Problem(i, rid, id_col, 'duplicate_row_id',
+                        f"the row id {rid!r} is shared by rows {', '.join(map(str, positions[rid]))}")]
+    return []
+
+# %% ../nbs/01_data.ipynb #e2b3b802
 def validate_personaknob(df:pd.DataFrame, # raw rows with the card's columns (and optionally `split`, `row_id`)
                          strict:bool=True, # raise on any problem; otherwise drop bad rows and report
                          inactive_rejects:str='error', # 'error' or 'ignore' (blank the cell, count it)
                         ) -> tuple[pd.DataFrame, ValidationReport]:
     "Check every row; return the clean rows (canonical masks, text cells as str) and the report."
     if inactive_rejects not in ('error', 'ignore'): raise ValueError(f"inactive_rejects must be 'error' or 'ignore', not {inactive_rejects!r}")
+    id_col = 'row_id' if 'row_id' in df.columns else 'id' if 'id' in df.columns else None
     df = _with_ids(df)
     report = ValidationReport(len(df))
     masks, seen = [], {}
     records = df.to_dict('records')
+    positions = defaultdict(list)
+    for i, r in enumerate(records): positions[r['row_id']].append(i)
     for i, r in enumerate(records):
+        report.problems += _id_problems(i, r['row_id'], id_col, positions)
         mask, probs = _row_problems(i, r['row_id'], r, inactive_rejects, report.ignored)
         masks.append(mask); report.problems += probs
         p = _norm(_text(r['prompt'])).lower()
@@ -236,7 +259,7 @@ def validate_personaknob(df:pd.DataFrame, # raw rows with the card's columns (an
     out.attrs = dict(df.attrs)
     return out, report
 
-# %% ../nbs/01_data.ipynb #8898d304
+# %% ../nbs/01_data.ipynb #d708fdac
 def _with_ids(df:pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
     if 'split' not in df.columns: df['split'] = 'train'
@@ -247,7 +270,7 @@ def _with_ids(df:pd.DataFrame) -> pd.DataFrame:
     df['row_id'] = df['row_id'].map(_text)
     return df
 
-# %% ../nbs/01_data.ipynb #6c13a2b8
+# %% ../nbs/01_data.ipynb #8cfcbbf9
 @dataclass(frozen=True)
 class PersonaKnobRow:
     "One PersonaKnob scenario: prompt, golden y* and the rejects y^-k of its active traits."
@@ -272,19 +295,28 @@ class PersonaKnobRow:
                    context=d.get('context', ''), trigger=d.get('trigger', ''), split=d.get('split', 'train'),
                    extra={k: v for k, v in d.items() if k not in known})
 
-# %% ../nbs/01_data.ipynb #8cfcbbf9
+# %% ../nbs/01_data.ipynb #2a7fc318
 FEATURES = {'mask': datasets.Sequence(datasets.Value('string')), 'row_id': datasets.Value('string'),
             'split': datasets.Value('string'), **{c: datasets.Value('string') for c in TEXT_COLUMNS}}
 
 def _missing(v) -> bool: return v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip())
 
+def _number(v):
+    "The number a cell holds, or None; text counts only when it reads back exactly ('0.5' does, '007' and '1e3' do not)."
+    if isinstance(v, (bool, np.bool_)): return None
+    if isinstance(v, numbers.Real): return v
+    if isinstance(v, str):
+        for t in (int, float):
+            try: x = t(v)
+            except ValueError: continue
+            if math.isfinite(x) and str(x) == v: return x
+    return None
+
 def _extra(col:pd.Series) -> pd.Series:
-    "An unknown column, kept: a column of numbers (or numeric text, as CSV gives) stays numeric, anything else is text."
+    "An unknown column, kept: numbers (or text that is exactly a number, as CSV gives) stay numeric, anything else is text."
     vals = [v for v in col if not _missing(v)]
-    if vals and not any(isinstance(v, bool) for v in vals):
-        try: [float(v) for v in vals]
-        except (TypeError, ValueError): pass  # not all numeric: keep as text
-        else: return pd.to_numeric(col.map(lambda v: None if _missing(v) else v), errors='coerce')
+    if vals and all(_number(v) is not None for v in vals):
+        return pd.to_numeric(col.map(lambda v: None if _missing(v) else _number(v)), errors='coerce')
     return col.map(_text)
 
 def _to_dataset(df:pd.DataFrame) -> datasets.Dataset:
@@ -295,7 +327,7 @@ def _to_dataset(df:pd.DataFrame) -> datasets.Dataset:
     feats = datasets.Features({c: FEATURES.get(c) or inferred[c] for c in df.columns})
     return datasets.Dataset.from_list(df.to_dict('records'), features=feats)
 
-# %% ../nbs/01_data.ipynb #d5a780b1
+# %% ../nbs/01_data.ipynb #7632e3c6
 def _read_source(source) -> pd.DataFrame:
     if isinstance(source, pd.DataFrame): return source.astype(object)
     p = Path(source)
@@ -317,7 +349,7 @@ def _read_source(source) -> pd.DataFrame:
         return df
     raise FileNotFoundError(f"no such PersonaKnob file or folder: {source}")
 
-# %% ../nbs/01_data.ipynb #2a7fc318
+# %% ../nbs/01_data.ipynb #49e9c4a5
 def load_personaknob(source=MINI_DATASET, # a file (.csv/.jsonl/.parquet), a folder of them, a Hub id, or a DataFrame
                      split:str|None=None, # keep only this split; all splits when None
                      strict:bool=True, # raise on any invalid row; otherwise drop bad rows (logged, see `return_report`)
@@ -336,7 +368,7 @@ def load_personaknob(source=MINI_DATASET, # a file (.csv/.jsonl/.parquet), a fol
             {s: _to_dataset(df[df['split'] == s].reset_index(drop=True)) for s in splits})
     return (out, report) if return_report else out
 
-# %% ../nbs/01_data.ipynb #6df7f59d
+# %% ../nbs/01_data.ipynb #020ea406
 class OrderConflictError(ValueError):
     "Merged preference orders that contradict each other or contain a cycle."
 
@@ -373,7 +405,7 @@ class PreferenceOrder:
                                      f"{worse[:40]!r} ({mask_label(sw) if sw else 'nothing'}), which the trait sets do not support")
         self.edges.setdefault((better, worse), set()).add(source)
 
-# %% ../nbs/01_data.ipynb #45ae72a9
+# %% ../nbs/01_data.ipynb #62d2424c
 def order_relation(o:PreferenceOrder) -> set[tuple[str, str]]:
     "Every (better, worse) pair implied by the trait sets: the full composed order."
     return {(a, b) for a, sa in o.nodes.items() for b, sb in o.nodes.items() if sb < sa}
@@ -398,7 +430,7 @@ def find_cycle(edges:Iterable[tuple[str, str]]) -> list[str]|None:
         if n not in state and (cyc := visit(n)): return cyc
     return None
 
-# %% ../nbs/01_data.ipynb #e8098179
+# %% ../nbs/01_data.ipynb #58ab559e
 def merge_orders(*orders:PreferenceOrder) -> PreferenceOrder:
     "Compose orders over the same prompt; raises `OrderConflictError` on contradictions or cycles."
     if not orders: raise ValueError('merge_orders needs at least one order')
@@ -418,7 +450,7 @@ def merge_orders(*orders:PreferenceOrder) -> PreferenceOrder:
     if cyc := find_cycle(explicit | order_relation(out)): raise OrderConflictError(f"cycle: {' > '.join(c[:30] for c in cyc)}")
     return out
 
-# %% ../nbs/01_data.ipynb #4dba2362
+# %% ../nbs/01_data.ipynb #634357c5
 def plot_order(o:PreferenceOrder, ax=None, width:int=28):
     "Draw the composed order as a Hasse diagram; returns the matplotlib Figure."
     import matplotlib.pyplot as plt
@@ -440,7 +472,7 @@ def plot_order(o:PreferenceOrder, ax=None, width:int=28):
     ax.set_title(textwrap.shorten(o.prompt, 80), fontsize=9)
     return ax.figure
 
-# %% ../nbs/01_data.ipynb #d0dcdd18
+# %% ../nbs/01_data.ipynb #09ea836b
 def _rows(ds) -> list[PersonaKnobRow]:
     if isinstance(ds, datasets.DatasetDict): raise TypeError('pass one split (e.g. ds["train"]), not a DatasetDict')
     if isinstance(ds, pd.DataFrame): ds = ds.to_dict('records')
@@ -449,7 +481,7 @@ def _rows(ds) -> list[PersonaKnobRow]:
 def _user(text): return [{'role': 'user', 'content': text}]
 def _assistant(text): return [{'role': 'assistant', 'content': text}]
 
-# %% ../nbs/01_data.ipynb #5f98ff5a
+# %% ../nbs/01_data.ipynb #dac22aa4
 def to_pairs(ds, # a PersonaKnob split (Dataset, DataFrame or rows)
              conversational:bool=False, # chat messages instead of plain strings
             ) -> datasets.Dataset:
@@ -462,7 +494,7 @@ def to_pairs(ds, # a PersonaKnob split (Dataset, DataFrame or rows)
             recs.append({'prompt': p, 'chosen': c, 'rejected': rj, 'trait': k, 'row_id': r.row_id})
     return datasets.Dataset.from_list(recs)
 
-# %% ../nbs/01_data.ipynb #634357c5
+# %% ../nbs/01_data.ipynb #7c6656bb
 GROUP_FEATURES = datasets.Features({'row_id': datasets.Value('string'), 'traits': datasets.Sequence(datasets.Value('string')),
                                     'rejects': {k: datasets.Value('string') for k in TRAIT_KEYS}})
 
@@ -478,7 +510,7 @@ def to_groups(ds, # a PersonaKnob split (Dataset, DataFrame or rows)
     return datasets.Dataset.from_list(recs) if conversational else datasets.Dataset.from_list(
         recs, features=datasets.Features({**GROUP_FEATURES, 'prompt': datasets.Value('string'), 'golden': datasets.Value('string')}))
 
-# %% ../nbs/01_data.ipynb #5d7eb596
+# %% ../nbs/01_data.ipynb #2bd15fbd
 def pairs_to_groups(pairs) -> datasets.Dataset:
     "Regroup pairwise rows by `row_id` (the inverse of `to_pairs` for plain-text pairs)."
     by = {}
@@ -493,9 +525,14 @@ def pairs_to_groups(pairs) -> datasets.Dataset:
             for g in by.values()]
     return datasets.Dataset.from_list(recs, features=datasets.Features({**GROUP_FEATURES, 'prompt': datasets.Value('string'), 'golden': datasets.Value('string')}))
 
-# %% ../nbs/01_data.ipynb #7c6656bb
+# %% ../nbs/01_data.ipynb #99a28e3d
 def _words(s:str) -> int: return len(str(s).split())
 
+def length_ratio(reject:str, golden:str) -> float:
+    "Word count of the reject over the golden's: the length-confound measure of one pair."
+    return _words(reject) / max(_words(golden), 1)
+
+# %% ../nbs/01_data.ipynb #e0295dd4
 def dataset_stats(ds) -> dict[str, pd.DataFrame]:
     "Mask sizes, per-trait counts, co-occurrence, lengths and golden-vs-reject length ratios, as DataFrames."
     if isinstance(ds, datasets.DatasetDict): rows = [r for s in ds for r in _rows(ds[s])]
@@ -509,13 +546,13 @@ def dataset_stats(ds) -> dict[str, pd.DataFrame]:
             for b in r.mask: co.loc[a, b] += 1
     lengths = pd.DataFrame([{'row_id': r.row_id, 'split': r.split, 'field': f, 'words': _words(t)}
                             for r in rows for f, t in [('prompt', r.prompt), ('golden', r.golden)] + [(f'reject_{k}', v) for k, v in r.rejects.items()]])
-    ratios = pd.DataFrame([{'row_id': r.row_id, 'trait': k, 'ratio': _words(v) / max(_words(r.golden), 1)} for r in rows for k, v in r.rejects.items()])
+    ratios = pd.DataFrame([{'row_id': r.row_id, 'trait': k, 'ratio': length_ratio(v, r.golden)} for r in rows for k, v in r.rejects.items()])
     ratio = ratios.groupby('trait')['ratio'].agg(pairs='size', mean='mean', median='median',
                                                  off_by_25pct=lambda x: float((abs(x - 1) > 0.25).mean())).reindex(list(TRAIT_KEYS)).reset_index()
     return {'masks': masks.groupby(['split', 'mask']).size().rename('rows').reset_index(), 'mask_sizes': sizes,
             'traits': traits, 'cooccurrence': co, 'lengths': lengths, 'length_ratio': ratio}
 
-# %% ../nbs/01_data.ipynb #51be9b87
+# %% ../nbs/01_data.ipynb #68c639aa
 def plot_dataset_distribution(stats:dict) -> 'matplotlib.figure.Figure':
     "The dataset distribution figure: mask sizes, trait counts, co-occurrence, lengths, length ratios."
     import matplotlib.pyplot as plt

@@ -138,7 +138,8 @@ def test_kill_and_resume_repeats_no_finished_call(tmp_path):
         summary = json.loads(r.stdout.strip().splitlines()[-1])
     second = [prompt_of(e) for e in srv.requests[n_first:]]
     first = [prompt_of(e) for e in srv.requests[:n_first]]
-    key = lambda text: cache_key('openai', 'loopback', [{'role': 'user', 'content': text}], {})
+    # the backend's own key: the endpoint is part of it
+    key = lambda text: OpenAIBackend('loopback', base_url=srv.base_url, api_key='EMPTY').key([{'role': 'user', 'content': text}], {})
     # the re-run completed the rest, and served the finished ones from the cache
     assert summary == {'ok': n, 'cached': len(done_first), 'texts_ok': True}
     # finished calls were not repeated: nothing cached in run 1 was requested in run 2
@@ -185,7 +186,8 @@ def test_kill_and_resume_a_dataset_build(tmp_path):
     script, out = tmp_path/'build.py', tmp_path/'out'
     script.write_text(BUILD)
     env = {**os.environ, 'OPENAI_API_KEY': SECRET}
-    body_key = lambda b: cache_key('openai', b['model'], b['messages'], {k: v for k, v in b.items() if k not in ('model', 'messages')})
+    body_key = lambda b: OpenAIBackend(b['model'], base_url=srv.base_url, api_key='EMPTY').key(
+        b['messages'], {k: v for k, v in b.items() if k not in ('model', 'messages')})
     with LoopbackOpenAIServer(responder=offline_writer, latency=0.05) as srv:
         cmd = [sys.executable, str(script), srv.base_url, str(out)]
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
