@@ -495,7 +495,8 @@ def to_pairs(ds, # a PersonaKnob split (Dataset, DataFrame or rows)
     return datasets.Dataset.from_list(recs)
 
 # %% ../nbs/01_data.ipynb #7c6656bb
-GROUP_FEATURES = datasets.Features({'row_id': datasets.Value('string'), 'traits': datasets.Sequence(datasets.Value('string')),
+GROUP_FEATURES = datasets.Features({'row_id': datasets.Value('string'), 'prompt': datasets.Value('string'), 'golden': datasets.Value('string'),
+                                    'traits': datasets.Sequence(datasets.Value('string')),
                                     'rejects': {k: datasets.Value('string') for k in TRAIT_KEYS}})
 
 def to_groups(ds, # a PersonaKnob split (Dataset, DataFrame or rows)
@@ -504,11 +505,11 @@ def to_groups(ds, # a PersonaKnob split (Dataset, DataFrame or rows)
     "One record per row: prompt, golden once, and `rejects` keyed by trait (None when inactive)."
     recs = []
     for r in _rows(ds):
-        p, g = (_user(r.prompt), _assistant(r.golden)) if conversational else (r.prompt, r.golden)
-        recs.append({'row_id': r.row_id, 'prompt': p, 'golden': g, 'traits': list(r.mask),
-                     'rejects': {k: r.rejects.get(k) for k in TRAIT_KEYS}})
+        wrap = (lambda f, t: f(t)) if conversational else (lambda f, t: t)
+        recs.append({'row_id': r.row_id, 'prompt': wrap(_user, r.prompt), 'golden': wrap(_assistant, r.golden), 'traits': list(r.mask),
+                     'rejects': {k: wrap(_assistant, r.rejects[k]) if k in r.rejects else None for k in TRAIT_KEYS}})
     return datasets.Dataset.from_list(recs) if conversational else datasets.Dataset.from_list(
-        recs, features=datasets.Features({**GROUP_FEATURES, 'prompt': datasets.Value('string'), 'golden': datasets.Value('string')}))
+        recs, features=GROUP_FEATURES)
 
 # %% ../nbs/01_data.ipynb #2bd15fbd
 def pairs_to_groups(pairs) -> datasets.Dataset:
@@ -523,7 +524,7 @@ def pairs_to_groups(pairs) -> datasets.Dataset:
     recs = [{'row_id': g['row_id'], 'prompt': g['prompt'], 'golden': g['golden'],
              'traits': [k for k in TRAIT_KEYS if k in g['rejects']], 'rejects': {k: g['rejects'].get(k) for k in TRAIT_KEYS}}
             for g in by.values()]
-    return datasets.Dataset.from_list(recs, features=datasets.Features({**GROUP_FEATURES, 'prompt': datasets.Value('string'), 'golden': datasets.Value('string')}))
+    return datasets.Dataset.from_list(recs, features=GROUP_FEATURES)
 
 # %% ../nbs/01_data.ipynb #99a28e3d
 def _words(s:str) -> int: return len(str(s).split())

@@ -574,8 +574,9 @@ def sequence_logps(model, # a causal LM
                    responses:Sequence[str], # assistant responses, one per prompt
                    batch_size:int=8, # sequences per forward pass
                    chat_template:bool=True, # wrap each prompt with the tokenizer's chat template
+                   per_token:bool=False, # also return the number of scored tokens of each response
                   ) -> np.ndarray:
-    "Sum of log pi(response tokens + eos | templated prompt) for each pair, as float64."
+    "Sum of log pi(response tokens + eos | templated prompt) for each pair, as float64 (and the token counts with `per_token`)."
     import torch
     eos = tokenizer.eos_token_id
     seqs, starts = [], []
@@ -583,7 +584,7 @@ def sequence_logps(model, # a causal LM
         pi = tokenizer(_prompt_text(tokenizer, p, chat_template), add_special_tokens=False)['input_ids']
         ri = tokenizer(str(r), add_special_tokens=False)['input_ids'] + ([eos] if eos is not None else [])
         seqs.append(pi + ri); starts.append(len(pi))
-    out = np.zeros(len(seqs))
+    out, counts = np.zeros(len(seqs)), np.array([len(q) - st for q, st in zip(seqs, starts)], dtype=float)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths share a batch: less padding
@@ -605,7 +606,7 @@ def sequence_logps(model, # a causal LM
                 out[idx] = (lp * resp[:, 1:].to(device)).sum(1).double().cpu().numpy()
     finally:
         model.train(was_training)
-    return out
+    return (out, counts) if per_token else out
 
 # %% ../nbs/06_judging.ipynb #68fed8da
 def selection_pairs(model, # the policy: a causal LM
@@ -620,16 +621,21 @@ def selection_pairs(model, # the policy: a causal LM
     refs = [r for r in references(groups).values() if r.golden is not None]
     pairs = [(r, k) for r in refs for k in r.traits if k in r.rejects]
     def scores(m):
-        g = sequence_logps(m, tokenizer, [r.prompt for r in refs], [r.golden for r in refs], batch_size)
-        k = sequence_logps(m, tokenizer, [r.prompt for r, _ in pairs], [r.rejects[t] for r, t in pairs], batch_size)
-        gi = {r.item: v for r, v in zip(refs, g)}
-        return np.array([gi[r.item] for r, _ in pairs]), k
-    g, k = scores(model)
+        g, gn = sequence_logps(m, tokenizer, [r.prompt for r in refs], [r.golden for r in refs], batch_size, per_token=True)
+        k, kn = sequence_logps(m, tokenizer, [r.prompt for r, _ in pairs], [r.rejects[t] for r, t in pairs], batch_size, per_token=True)
+        gi = {r.item: (v, n) for r, v, n in zip(refs, g, gn)}
+        gs = np.array([gi[r.item] for r, _ in pairs]).reshape(-1, 2)
+        return gs[:, 0], k, gs[:, 1], kn
+    g, k, gn, kn = scores(model)
+    # summed log-likelihood favours the shorter text (rejects are often shorter): the per-token mean removes that
     recs = [dict(method='logp', chosen=a, rejected=b) for a, b in zip(g, k)]
+    recs += [dict(method='logp_per_token', chosen=a / na, rejected=b / nb) for a, b, na, nb in zip(g, k, gn, kn)]
+    n_methods = 2
     if ref_model is not None:
-        rg, rk = scores(ref_model)
+        rg, rk, _, _ = scores(ref_model)
         recs += [dict(method='reward', chosen=beta * (a - c), rejected=beta * (b - d)) for a, b, c, d in zip(g, k, rg, rk)]
-    items = [(r.item, t) for r, t in pairs] * (2 if ref_model is not None else 1)
+        n_methods = 3
+    items = [(r.item, t) for r, t in pairs] * n_methods
     df = pd.DataFrame([dict(benchmark='selection', model=model_name, item=i, trait=t, **d) for (i, t), d in zip(items, recs)])
     if df.empty: return pd.DataFrame(columns=['benchmark', 'model', 'item', 'trait', 'method', 'chosen', 'rejected', 'margin', 'correct'])
     df['margin'] = df.chosen - df.rejected
@@ -1023,7 +1029,7 @@ def plot_benchmarks(summary:pd.DataFrame, # `benchmark_summary` output
                    ):
     "One bar figure: a panel per benchmark, a bar per metric (and trait) and model, with ±1 SE whiskers."
     import matplotlib.pyplot as plt
-    default = {'selection_logp', 'selection_reward', 'selection_multiple_choice', 'safe_compliance', 'unsafe_refusal',
+    default = {'selection_logp', 'selection_logp_per_token', 'selection_reward', 'selection_multiple_choice', 'safe_compliance', 'unsafe_refusal',
                'flip_rate', 'sycophancy_rate', 'consistency'}
     s = summary[summary.metric.isin(metrics or default)].copy()
     s['bar'] = np.where(s.trait.isin(TRAIT_KEYS), s.metric + ' ' + s.trait, s.metric)

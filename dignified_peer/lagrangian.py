@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -17,7 +18,7 @@ from .core import EPSILON, TRAIT_KEYS
 
 # %% auto #0
 __all__ = ['FORMULATIONS', 'ESTIMATES', 'dpo_logits', 'trait_indices', 'per_trait_dpo_losses', 'constraint_names', 'DualState',
-           'lagrangian_weights', 'lagrangian_value']
+           'lagrangian_weights', 'lagrangian_value', 'completion_logps', 'gradient_share_table']
 
 # %% ../nbs/04_lagrangian.ipynb #6ad96255
 def dpo_logits(policy_chosen_logps:torch.Tensor, # log pi_theta(y*|x), one per pair
@@ -213,3 +214,52 @@ def lagrangian_value(losses:torch.Tensor, # per-trait losses L_k, shape (K,)
         return losses[p] + (lam[other] * (losses[other] - tol[other])).sum()
     pairs = [(i, j) for i in range(K) for j in range(K) if i != j]
     return losses.mean() + sum(lam[c] * (losses[i] - losses[j] - tol[i]) for c, (i, j) in enumerate(pairs))
+
+# %% ../nbs/04_lagrangian.ipynb #021912a9
+def completion_logps(model, # a causal LM
+                     tokenizer, # its tokenizer
+                     prompts:Sequence[str], # user messages
+                     completions:Sequence[str], # responses, one per prompt
+                     chat_template:bool=False, # wrap each prompt in the tokenizer's chat template (as training does)
+                    ) -> torch.Tensor:
+    "log pi(y|x) summed over the completion tokens and eos, one per pair, in one padded forward (differentiable)."
+    if chat_template: prompts = [tokenizer.apply_chat_template([{'role': 'user', 'content': str(x)}], tokenize=False, add_generation_prompt=True) for x in prompts]
+    p_ids = [tokenizer(str(x), add_special_tokens=not chat_template)['input_ids'] for x in prompts]
+    c_ids = [tokenizer(str(y) + tokenizer.eos_token, add_special_tokens=False)['input_ids'] for y in completions]
+    T = max(len(p) + len(c) for p, c in zip(p_ids, c_ids))
+    dev = next(model.parameters()).device
+    ids = torch.full((len(p_ids), T), tokenizer.pad_token_id); mask = torch.zeros(len(p_ids), T - 1)
+    att = torch.zeros(len(p_ids), T, dtype=torch.long)
+    for i, (p, c) in enumerate(zip(p_ids, c_ids)):
+        ids[i, :len(p) + len(c)] = torch.tensor(p + c); att[i, :len(p) + len(c)] = 1
+        mask[i, len(p) - 1:len(p) + len(c) - 1] = 1  # positions that predict completion tokens
+    ids, att, mask = ids.to(dev), att.to(dev), mask.to(dev)
+    logp = torch.log_softmax(model(ids, attention_mask=att).logits[:, :-1].double(), -1).gather(-1, ids[:, 1:, None])[..., 0]
+    return (logp * mask).sum(1)
+
+# %% ../nbs/04_lagrangian.ipynb #356d24fe
+def gradient_share_table(policy, # the model whose update is analysed
+                         ref_model, # its DPO reference
+                         tokenizer, # the shared tokenizer
+                         pairs, # preference pairs (DataFrame or records) with prompt, chosen, rejected, trait
+                         multipliers:dict[str, float], # lambda_k of formulation F1 by trait, e.g. a DualState's final values
+                         beta:float=0.1, # DPO beta
+                         params=None, # parameters to differentiate; every trainable one when None
+                         chat_template:bool=True, # wrap prompts in the chat template, as training does
+                        ) -> pd.DataFrame:
+    "Per-trait loss, gradient norm and share of the update under uniform and Lagrangian weights."
+    P = pd.DataFrame(pairs)
+    traits = [k for k in TRAIT_KEYS if k in set(P['trait'])]
+    params = [p for p in policy.parameters() if p.requires_grad] if params is None else list(params)
+    pc, pr = (completion_logps(policy, tokenizer, P['prompt'], P[c], chat_template) for c in ('chosen', 'rejected'))
+    with torch.no_grad(): rc, rr = (completion_logps(ref_model, tokenizer, P['prompt'], P[c], chat_template) for c in ('chosen', 'rejected'))
+    L, _ = per_trait_dpo_losses(pc, pr, rc, rr, list(P['trait']), beta, trait_keys=traits)
+    G = torch.stack([torch.cat([g.reshape(-1).double() for g in torch.autograd.grad(L[i], params, retain_graph=True)]) for i in range(len(traits))])
+    rows = []
+    for name, lam in (('uniform', {}), ('lagrangian', multipliers)):
+        w = torch.tensor([1 / len(traits) + float(lam.get(k, 0.0)) for k in traits], dtype=torch.float64)
+        g = (w[:, None] * G).sum(0)
+        share = w * (G @ g) / (g @ g)
+        rows += [{'weighting': name, 'trait': k, 'weight': float(w[i]), 'loss': L[i].item(), 'grad_norm': float(G[i].norm()),
+                  'share': float(share[i]), 'update_sq_norm': float(g @ g)} for i, k in enumerate(traits)]
+    return pd.DataFrame(rows)

@@ -43,8 +43,8 @@ DEFAULT_CONFIG: dict = {
     'model': {'name': 'tiny', 'tiny_size': 'demo', 'vocab_size': 2048, 'peft': None},
     'train': {'methods': ['sft', 'pooled', 'uniform', 'lagdpo'], 'sft_first': True, 'epsilon': EPSILON,
               'max_steps': 50, 'sft_max_steps': 100, 'learning_rate': 5e-4, 'sft_learning_rate': 2e-3, 'beta': 0.1,
-              'per_device_train_batch_size': 8, 'max_length': 384, 'dual_lr': 0.5, 'trait_weights': None, 'extra': {}},
-    'generate': {'max_new_tokens': 48, 'batch_size': 16, 'temperature': 0.0},
+              'per_device_train_batch_size': 8, 'max_length': 512, 'dual_lr': 0.5, 'trait_weights': None, 'extra': {}},
+    'generate': {'max_new_tokens': 48, 'batch_size': 16, 'temperature': 0.8},  # the tiny model only degenerates under greedy decoding
     'judges': [{'name': 'embedding', 'kind': 'embedding'}, {'name': 'lexical', 'kind': 'lexical'}, {'name': 'marker', 'kind': 'marker'}],
     'mfrm': {'thresholds': 'rating_scale', 'max_iter': 100},
     'benchmarks': {'xstest': None, 'xstest_limit': 40, 'sycophancy': None, 'sycophancy_limit': None},
@@ -256,7 +256,7 @@ def stage_train(run:Path, cfg:dict):
         t0 = time.time()
         res = train(method, data=run_path(run, 'data_train'), model=init_model(run, cfg, method), output_dir=out,
                     peft=m.get('peft'), progress=False, **common, **kw)
-        done.write_text(json.dumps({'fingerprint': fp, 'seconds': round(time.time() - t0, 1), 'dual_state': res.get('dual_state')}))
+        done.write_text(json.dumps({'fingerprint': fp, 'seconds': round(time.time() - t0, 1)}))
         print(f"  {method}: trained in {time.time() - t0:.1f}s -> {res['model_path']}", flush=True)
 
 # %% ../nbs/09_pipeline.ipynb #dbb1d2e4
@@ -291,7 +291,7 @@ def _backend(run:Path, cfg:dict, method:str, path:Path):
 
 def _sampling(cfg:dict) -> dict:
     g = cfg['generate']
-    return {'max_tokens': g['max_new_tokens'], 'temperature': g['temperature']}
+    return {'max_tokens': g['max_new_tokens'], 'temperature': g['temperature'], 'seed': cfg['run']['seed']}
 
 def stage_generate(run:Path, cfg:dict):
     "Each model's responses to the test prompts (resumable, cached)."
@@ -317,7 +317,8 @@ def make_judges(run:Path, cfg:dict) -> list:
         scale = tuple(j.get('scale', judging.SCALE))
         if j['kind'] in kinds: out.append(kinds[j['kind']](scale, name=j.get('name') or j['kind']))
         else:
-            be = OpenAIBackend(j['model'], base_url=j['base_url'], api_key=os.environ.get(j.get('api_key_env', 'OPENAI_API_KEY')),
+            key = os.environ.get(j['api_key_env']) if j.get('api_key_env') else None  # else backends.resolve_api_key decides
+            be = OpenAIBackend(j['model'], base_url=j['base_url'], api_key=key,
                                concurrency=j.get('concurrency', 16), cache=run_path(run, 'judge_cache'))
             out.append(judging.LLMJudge(be, name=j.get('name') or j['model'], scale=scale, with_golden=j.get('with_golden', False), temperature=0))
     return out
@@ -386,17 +387,26 @@ def stage_benchmark(run:Path, cfg:dict):
 
 # %% ../nbs/09_pipeline.ipynb #bf4b68e3
 def stage_gradnorm(run:Path, cfg:dict):
-    "Per-trait gradient norms and update shares, uniform vs Lagrangian weights (needs the lagdpo method)."
-    from dignified_peer.lagrangian import gradient_share_table
+    "Per-trait gradient norms and update shares at the Lag-DPO model: uniform weights, the final and the peak Lagrangian weights."
     from dignified_peer.data import to_pairs
+    from dignified_peer.lagrangian import DualState, gradient_share_table, lagrangian_weights
     if 'lagdpo' not in cfg['train']['methods']:
         print('  skipped: no lagdpo model in this run'); return
-    done = json.loads((run_path(run, 'model_dir', method='lagdpo')/'DONE').read_text())
-    lam = dict(zip(done['dual_state']['names'], done['dual_state']['multipliers'])) if done.get('dual_state') else {}
+    state = DualState.from_dict(json.loads(run_path(run, 'dual_state', method='lagdpo').read_text())['dual_state'])
+    hist = pd.read_csv(run_path(run, 'history', method='lagdpo'))
+    cols = [f'lambda/{n}' for n in state.names]
+    peak = hist.loc[hist[cols].fillna(0).sum(1).idxmax()]
+    def as_lambdas(multipliers):  # any formulation, written as weights 1/K + lambda_k per trait
+        state.multipliers = [float(v) for v in multipliers]
+        return {k: float(w) - 1 / len(state.traits) for k, w in zip(state.traits, lagrangian_weights(state))}
+    final, at_peak = as_lambdas(state.lambdas), as_lambdas(peak[cols].fillna(0).values)
     policy, tok = _load(run_path(run, 'model_final', method='lagdpo'))
     ref, _ = _load(init_model(run, cfg, 'lagdpo'))
     pairs = to_pairs(_split_rows(run, 'train')).to_pandas().groupby('trait', sort=False).head(8)
-    table = gradient_share_table(policy, ref, tok, pairs, lam, beta=cfg['train']['beta'])
+    beta = cfg['train']['beta']
+    t = gradient_share_table(policy, ref, tok, pairs, final, beta=beta)
+    p = gradient_share_table(policy, ref, tok, pairs, at_peak, beta=beta)
+    table = pd.concat([t, p[p.weighting == 'lagrangian'].assign(weighting=f"lagrangian (peak, step {int(peak['step'])})")], ignore_index=True)
     table.to_csv(run_path(run, 'gradnorm'), index=False)
     print(table.round(4).to_string(index=False))
 
@@ -564,10 +574,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/09_pipeline.ipynb #d94a5f52
+def _pipeline_yaml(path) -> bool:
+    "Whether a YAML file is a pipeline config (its top-level keys are pipeline sections) rather than a TRL-style one."
+    try: doc = yaml.safe_load(Path(path).read_text(encoding='utf-8')) or {}
+    except (OSError, yaml.YAMLError): return True  # let load_config report it
+    return isinstance(doc, dict) and set(doc) <= set(DEFAULT_CONFIG)
+
 def main(argv:list[str]|None=None) -> int:
     "Entry point of the `dignified-peer` console script."
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == 'train' and (rest or (args.config and not _pipeline_yaml(args.config))):
+        # a TRL-style YAML and flags (any DPOConfig field): train one method, e.g. under `accelerate launch`
+        from dignified_peer.training import train_cli
+        setup_logging('INFO')
+        res = train_cli(argv[1:])
+        print(f"trained {res['method']}: final model {res['model_path']}, history {res['history_path']}")
+        return 0
+    if rest: parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.command == 'build-data':
             from dignified_peer.construction import build_data

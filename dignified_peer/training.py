@@ -346,7 +346,9 @@ def _sft_trainer(policy, tok, rows, args, overrides, callbacks):
         kw['max_length'] = args.max_length
     else: kw = {k: v for k, v in overrides.items() if k in names}
     if kw.get('bf16') is None and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()): kw['bf16'] = False
-    ds = datasets.Dataset.from_dict({'prompt': list(rows['prompt']), 'completion': list(rows['golden'])})
+    chat = bool(getattr(tok, 'chat_template', None))  # train in the chat format the model is later prompted with
+    wrap = (lambda role, t: [{'role': role, 'content': t}]) if chat else (lambda role, t: t)
+    ds = datasets.Dataset.from_dict({'prompt': [wrap('user', p) for p in rows['prompt']], 'completion': [wrap('assistant', g) for g in rows['golden']]})
     return SFTTrainer(policy, args=SFTConfig(**kw), train_dataset=ds, processing_class=tok, callbacks=callbacks)
 
 def history_frame(trainer) -> pd.DataFrame:
@@ -390,7 +392,8 @@ def train(method:str='lagdpo', # 'lagdpo', 'uniform', 'fixed', 'pooled' or 'sft'
         trainer = _sft_trainer(policy, tok, rows, args, {**TRAIN_DEFAULTS, 'output_dir': str(output_dir), **overrides}, callbacks)
     else:
         from dignified_peer.data import to_groups, to_pairs
-        ds = to_pairs(rows) if method == 'pooled' else to_groups(rows)
+        chat = bool(getattr(tok, 'chat_template', None))  # the chat format generation and evaluation use
+        ds = to_pairs(rows, conversational=chat) if method == 'pooled' else to_groups(rows, conversational=chat)
         ref = None if peft_config is not None else copy.deepcopy(policy).eval()
         trainer = LagrangianDPOTrainer(policy, ref_model=ref, args=args, train_dataset=ds, processing_class=tok,
                                        peft_config=peft_config, callbacks=callbacks)
