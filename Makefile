@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
+# cells marked `#| slow` run in `make test` too; `make test NBTEST_ARGS=` skips them
+NBTEST_ARGS ?= --flags slow
 
 .PHONY: setup demo test test-fast notebooks-clean notebooks-synced nbtest pytest bench clean
 

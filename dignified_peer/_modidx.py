@@ -263,6 +263,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'dignified_peer.data.dataset_stats': ('data.html#dataset_stats', 'dignified_peer/data.py'),
                                      'dignified_peer.data.find_cycle': ('data.html#find_cycle', 'dignified_peer/data.py'),
                                      'dignified_peer.data.hasse_edges': ('data.html#hasse_edges', 'dignified_peer/data.py'),
+                                     'dignified_peer.data.is_hub_id': ('data.html#is_hub_id', 'dignified_peer/data.py'),
                                      'dignified_peer.data.length_ratio': ('data.html#length_ratio', 'dignified_peer/data.py'),
                                      'dignified_peer.data.load_personaknob': ('data.html#load_personaknob', 'dignified_peer/data.py'),
                                      'dignified_peer.data.merge_orders': ('data.html#merge_orders', 'dignified_peer/data.py'),

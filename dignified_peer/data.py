@@ -25,7 +25,7 @@ from .core import TRAIT_KEYS, TRAITS, TraitParseError, data_dir, get_logger, mas
 # %% auto #0
 __all__ = ['REJECT_COLUMNS', 'CARD_COLUMNS', 'TEXT_COLUMNS', 'MINI_DATASET', 'HUB_DATASET', 'READERS', 'PROBLEM_KINDS',
            'FEATURES', 'GROUP_FEATURES', 'PersonaKnobFileError', 'read_table', 'Problem', 'ValidationReport',
-           'PersonaKnobValidationError', 'validate_personaknob', 'PersonaKnobRow', 'load_personaknob',
+           'PersonaKnobValidationError', 'validate_personaknob', 'PersonaKnobRow', 'is_hub_id', 'load_personaknob',
            'OrderConflictError', 'PreferenceOrder', 'order_relation', 'hasse_edges', 'find_cycle', 'merge_orders',
            'plot_order', 'to_pairs', 'to_groups', 'pairs_to_groups', 'length_ratio', 'dataset_stats',
            'plot_dataset_distribution']
@@ -327,7 +327,13 @@ def _to_dataset(df:pd.DataFrame) -> datasets.Dataset:
     feats = datasets.Features({c: FEATURES.get(c) or inferred[c] for c in df.columns})
     return datasets.Dataset.from_list(df.to_dict('records'), features=feats)
 
-# %% ../nbs/01_data.ipynb #7632e3c6
+# %% ../nbs/01_data.ipynb #49e9c4a5
+def is_hub_id(source) -> bool:
+    "Whether `source` names a Hub dataset (`owner/name`) rather than a local file or folder."
+    if not isinstance(source, str) or Path(source).exists(): return False
+    return source.count('/') == 1 and not source.startswith(('.', '/', '~')) and Path(source).suffix.lower() not in READERS
+
+# %% ../nbs/01_data.ipynb #6df7f59d
 def _read_source(source) -> pd.DataFrame:
     if isinstance(source, pd.DataFrame): return source.astype(object)
     p = Path(source)
@@ -341,15 +347,14 @@ def _read_source(source) -> pd.DataFrame:
             parts.append(t)
         df = pd.concat(parts, ignore_index=True); df.attrs['source'] = str(p)
         return df
-    if p.exists() or p.suffix.lower() in READERS: return read_table(p)
-    if isinstance(source, str) and source.count('/') == 1:  # a Hub dataset id such as qisein/PersonaKnob
+    if is_hub_id(source):
         dd = datasets.load_dataset(source)
         df = pd.concat([d.to_pandas().assign(split=s) for s, d in dd.items()], ignore_index=True).astype(object)
         _check_header(Path(source), list(df.columns)); df.attrs['source'] = source
         return df
-    raise FileNotFoundError(f"no such PersonaKnob file or folder: {source}")
+    return read_table(p)
 
-# %% ../nbs/01_data.ipynb #49e9c4a5
+# %% ../nbs/01_data.ipynb #45ae72a9
 def load_personaknob(source=MINI_DATASET, # a file (.csv/.jsonl/.parquet), a folder of them, a Hub id, or a DataFrame
                      split:str|None=None, # keep only this split; all splits when None
                      strict:bool=True, # raise on any invalid row; otherwise drop bad rows (logged, see `return_report`)
@@ -368,7 +373,7 @@ def load_personaknob(source=MINI_DATASET, # a file (.csv/.jsonl/.parquet), a fol
             {s: _to_dataset(df[df['split'] == s].reset_index(drop=True)) for s in splits})
     return (out, report) if return_report else out
 
-# %% ../nbs/01_data.ipynb #020ea406
+# %% ../nbs/01_data.ipynb #16bdf235
 class OrderConflictError(ValueError):
     "Merged preference orders that contradict each other or contain a cycle."
 
@@ -405,7 +410,7 @@ class PreferenceOrder:
                                      f"{worse[:40]!r} ({mask_label(sw) if sw else 'nothing'}), which the trait sets do not support")
         self.edges.setdefault((better, worse), set()).add(source)
 
-# %% ../nbs/01_data.ipynb #62d2424c
+# %% ../nbs/01_data.ipynb #507af976
 def order_relation(o:PreferenceOrder) -> set[tuple[str, str]]:
     "Every (better, worse) pair implied by the trait sets: the full composed order."
     return {(a, b) for a, sa in o.nodes.items() for b, sb in o.nodes.items() if sb < sa}
@@ -430,7 +435,7 @@ def find_cycle(edges:Iterable[tuple[str, str]]) -> list[str]|None:
         if n not in state and (cyc := visit(n)): return cyc
     return None
 
-# %% ../nbs/01_data.ipynb #58ab559e
+# %% ../nbs/01_data.ipynb #b7e65276
 def merge_orders(*orders:PreferenceOrder) -> PreferenceOrder:
     "Compose orders over the same prompt; raises `OrderConflictError` on contradictions or cycles."
     if not orders: raise ValueError('merge_orders needs at least one order')
@@ -450,7 +455,7 @@ def merge_orders(*orders:PreferenceOrder) -> PreferenceOrder:
     if cyc := find_cycle(explicit | order_relation(out)): raise OrderConflictError(f"cycle: {' > '.join(c[:30] for c in cyc)}")
     return out
 
-# %% ../nbs/01_data.ipynb #634357c5
+# %% ../nbs/01_data.ipynb #09ea836b
 def plot_order(o:PreferenceOrder, ax=None, width:int=28):
     "Draw the composed order as a Hasse diagram; returns the matplotlib Figure."
     import matplotlib.pyplot as plt
@@ -472,7 +477,7 @@ def plot_order(o:PreferenceOrder, ax=None, width:int=28):
     ax.set_title(textwrap.shorten(o.prompt, 80), fontsize=9)
     return ax.figure
 
-# %% ../nbs/01_data.ipynb #09ea836b
+# %% ../nbs/01_data.ipynb #2bd15fbd
 def _rows(ds) -> list[PersonaKnobRow]:
     if isinstance(ds, datasets.DatasetDict): raise TypeError('pass one split (e.g. ds["train"]), not a DatasetDict')
     if isinstance(ds, pd.DataFrame): ds = ds.to_dict('records')
@@ -481,7 +486,7 @@ def _rows(ds) -> list[PersonaKnobRow]:
 def _user(text): return [{'role': 'user', 'content': text}]
 def _assistant(text): return [{'role': 'assistant', 'content': text}]
 
-# %% ../nbs/01_data.ipynb #dac22aa4
+# %% ../nbs/01_data.ipynb #51be9b87
 def to_pairs(ds, # a PersonaKnob split (Dataset, DataFrame or rows)
              conversational:bool=False, # chat messages instead of plain strings
             ) -> datasets.Dataset:
@@ -494,7 +499,7 @@ def to_pairs(ds, # a PersonaKnob split (Dataset, DataFrame or rows)
             recs.append({'prompt': p, 'chosen': c, 'rejected': rj, 'trait': k, 'row_id': r.row_id})
     return datasets.Dataset.from_list(recs)
 
-# %% ../nbs/01_data.ipynb #7c6656bb
+# %% ../nbs/01_data.ipynb #3fa18c73
 GROUP_FEATURES = datasets.Features({'row_id': datasets.Value('string'), 'prompt': datasets.Value('string'), 'golden': datasets.Value('string'),
                                     'traits': datasets.Sequence(datasets.Value('string')),
                                     'rejects': {k: datasets.Value('string') for k in TRAIT_KEYS}})
@@ -511,7 +516,7 @@ def to_groups(ds, # a PersonaKnob split (Dataset, DataFrame or rows)
     return datasets.Dataset.from_list(recs) if conversational else datasets.Dataset.from_list(
         recs, features=GROUP_FEATURES)
 
-# %% ../nbs/01_data.ipynb #2bd15fbd
+# %% ../nbs/01_data.ipynb #3066f08c
 def pairs_to_groups(pairs) -> datasets.Dataset:
     "Regroup pairwise rows by `row_id` (the inverse of `to_pairs` for plain-text pairs)."
     by = {}
@@ -526,14 +531,14 @@ def pairs_to_groups(pairs) -> datasets.Dataset:
             for g in by.values()]
     return datasets.Dataset.from_list(recs, features=GROUP_FEATURES)
 
-# %% ../nbs/01_data.ipynb #99a28e3d
+# %% ../nbs/01_data.ipynb #e0295dd4
 def _words(s:str) -> int: return len(str(s).split())
 
 def length_ratio(reject:str, golden:str) -> float:
     "Word count of the reject over the golden's: the length-confound measure of one pair."
     return _words(reject) / max(_words(golden), 1)
 
-# %% ../nbs/01_data.ipynb #e0295dd4
+# %% ../nbs/01_data.ipynb #1a0be7f7
 def dataset_stats(ds) -> dict[str, pd.DataFrame]:
     "Mask sizes, per-trait counts, co-occurrence, lengths and golden-vs-reject length ratios, as DataFrames."
     if isinstance(ds, datasets.DatasetDict): rows = [r for s in ds for r in _rows(ds[s])]
@@ -553,7 +558,7 @@ def dataset_stats(ds) -> dict[str, pd.DataFrame]:
     return {'masks': masks.groupby(['split', 'mask']).size().rename('rows').reset_index(), 'mask_sizes': sizes,
             'traits': traits, 'cooccurrence': co, 'lengths': lengths, 'length_ratio': ratio}
 
-# %% ../nbs/01_data.ipynb #68c639aa
+# %% ../nbs/01_data.ipynb #9c10f379
 def plot_dataset_distribution(stats:dict) -> 'matplotlib.figure.Figure':
     "The dataset distribution figure: mask sizes, trait counts, co-occurrence, lengths, length ratios."
     import matplotlib.pyplot as plt

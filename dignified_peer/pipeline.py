@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 
 from .core import EPSILON, TRAIT_KEYS, get_logger, make_run_dir, n_params, seed_everything, setup_logging, tiny_model
-from .data import MINI_DATASET, dataset_stats, load_personaknob
+from .data import MINI_DATASET, dataset_stats, is_hub_id, load_personaknob
 from .figures import RUN_FILES, build_figures, run_path
 
 # %% auto #0
@@ -110,7 +110,7 @@ def check_config(cfg:dict):
     for k in ('max_steps', 'sft_max_steps', 'per_device_train_batch_size'):
         if not isinstance(t[k], int) or t[k] < 1: raise ConfigError(f"train.{k} must be a positive integer, got {t[k]!r}")
     src = str(cfg['data']['source'])
-    if not Path(src).exists() and not (src.count('/') == 1 and not src.startswith(('.', '/'))):
+    if not Path(src).exists() and not is_hub_id(src):
         raise ConfigError(f"data.source not found: {src} (a file, a folder or a Hub id such as qisein/PersonaKnob)")
     if not cfg['judges']: raise ConfigError("judges is empty: keep the offline judges or add an LLM judge")
     names = []
