@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .core import ALL_MASKS, TRAIT_KEYS, TRAITS, data_dir, get_logger, mask_label, parse_traits
-from .backends import ChatBackend, Completion, ScriptedBackend, OpenAIBackend, effective_base_url
+from .backends import ChatBackend, ScriptedBackend, OpenAIBackend, effective_base_url
 from .data import CARD_COLUMNS, REJECT_COLUMNS, length_ratio, validate_personaknob
 
 # %% auto #0

@@ -8,7 +8,6 @@ from __future__ import annotations
 import ast
 import json
 import logging
-import os
 import random
 import re
 import sys
@@ -16,7 +15,7 @@ import time
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 import torch

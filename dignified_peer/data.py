@@ -20,7 +20,7 @@ import datasets
 import numpy as np
 import pandas as pd
 
-from .core import TRAIT_KEYS, TRAITS, TraitParseError, data_dir, get_logger, mask_label, parse_traits
+from .core import TRAIT_KEYS, TraitParseError, data_dir, get_logger, mask_label, parse_traits
 
 # %% auto #0
 __all__ = ['REJECT_COLUMNS', 'CARD_COLUMNS', 'TEXT_COLUMNS', 'MINI_DATASET', 'HUB_DATASET', 'READERS', 'PROBLEM_KINDS',
@@ -559,7 +559,7 @@ def dataset_stats(ds) -> dict[str, pd.DataFrame]:
             'traits': traits, 'cooccurrence': co, 'lengths': lengths, 'length_ratio': ratio}
 
 # %% ../nbs/01_data.ipynb #9c10f379
-def plot_dataset_distribution(stats:dict) -> 'matplotlib.figure.Figure':
+def plot_dataset_distribution(stats:dict):
     "The dataset distribution figure: mask sizes, trait counts, co-occurrence, lengths, length ratios."
     import matplotlib.pyplot as plt
     import seaborn as sns

@@ -5,7 +5,6 @@
 # %% ../nbs/08_figures.ipynb #0039a916
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .core import EPSILON, TRAIT_KEYS, TRAITS, get_logger, parse_traits
-from .data import PersonaKnobRow, PreferenceOrder, load_personaknob, plot_dataset_distribution, plot_order
+from .data import PreferenceOrder, load_personaknob, plot_dataset_distribution, plot_order
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'METHOD_ORDER', 'TRAIT_COLORS', 'run_path', 'method_colors', 'save_figure', 'training_curves',

@@ -13,12 +13,12 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .core import TRAITS, TRAIT_KEYS, data_dir, get_logger, parse_traits
+from .core import TRAITS, TRAIT_KEYS, data_dir, parse_traits
 from .data import REJECT_COLUMNS, PersonaKnobRow, _missing, _text
 
 # %% auto #0

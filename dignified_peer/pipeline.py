@@ -22,7 +22,7 @@ import yaml
 
 from .core import EPSILON, TRAIT_KEYS, get_logger, make_run_dir, n_params, seed_everything, setup_logging, tiny_model
 from .data import MINI_DATASET, dataset_stats, is_hub_id, load_personaknob
-from .figures import RUN_FILES, build_figures, run_path
+from .figures import build_figures, run_path
 
 # %% auto #0
 __all__ = ['METHOD_NAMES', 'OFFLINE_JUDGES', 'DEFAULT_CONFIG', 'STAGE_CONFIG', 'STAGES', 'FIGURE_CAPTIONS', 'STAGE_FUNCS',
