@@ -44,7 +44,7 @@ DEFAULT_CONFIG: dict = {
     'train': {'methods': ['sft', 'pooled', 'uniform', 'lagdpo'], 'sft_first': True, 'epsilon': EPSILON,
               'max_steps': 50, 'sft_max_steps': 100, 'learning_rate': 5e-4, 'sft_learning_rate': 2e-3, 'beta': 0.1,
               'per_device_train_batch_size': 8, 'max_length': 512, 'dual_lr': 0.5, 'trait_weights': None, 'extra': {}},
-    'generate': {'max_new_tokens': 48, 'batch_size': 16, 'temperature': 0.8},  # the tiny model only degenerates under greedy decoding
+    'generate': {'max_new_tokens': 48, 'batch_size': 16, 'temperature': 0.8},  # sampled: greedy decoding makes the tiny model emit only whitespace
     'judges': [{'name': 'embedding', 'kind': 'embedding'}, {'name': 'lexical', 'kind': 'lexical'}, {'name': 'marker', 'kind': 'marker'}],
     'mfrm': {'thresholds': 'rating_scale', 'max_iter': 100},
     'benchmarks': {'xstest': None, 'xstest_limit': 40, 'sycophancy': None, 'sycophancy_limit': None},
@@ -182,12 +182,11 @@ class Pipeline:
         self.timings[stage] = dt
         print(f"[stage] {stage:<10} done in {dt:.1f}s", flush=True)
 
-    def run(self, upto:str='report', only:str|None=None):
-        "Run every stage up to `upto` (or just `only`, after its unfinished prerequisites)."
-        target = only or upto
+    def run(self, upto:str='report'):
+        "Run every stage up to `upto`, skipping those already done."
         t0 = time.time()
         self.write_config()
-        for s in STAGES[:STAGES.index(target) + 1]: self.run_stage(s)
+        for s in STAGES[:STAGES.index(upto) + 1]: self.run_stage(s)
         total = time.time() - t0
         print(f"[total] {total:.1f}s; run directory: {self.dir}", flush=True)
         return self.dir
