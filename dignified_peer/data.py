@@ -26,8 +26,8 @@ from .core import TRAIT_KEYS, TraitParseError, data_dir, get_logger, mask_label,
 __all__ = ['REJECT_COLUMNS', 'CARD_COLUMNS', 'TEXT_COLUMNS', 'MINI_DATASET', 'HUB_DATASET', 'READERS', 'PROBLEM_KINDS',
            'FEATURES', 'GROUP_FEATURES', 'PersonaKnobFileError', 'read_table', 'Problem', 'ValidationReport',
            'PersonaKnobValidationError', 'validate_personaknob', 'PersonaKnobRow', 'is_hub_id', 'load_personaknob',
-           'OrderConflictError', 'PreferenceOrder', 'order_relation', 'hasse_edges', 'find_cycle', 'merge_orders',
-           'plot_order', 'to_pairs', 'to_groups', 'pairs_to_groups', 'length_ratio', 'dataset_stats',
+           'save_personaknob', 'OrderConflictError', 'PreferenceOrder', 'order_relation', 'hasse_edges', 'find_cycle',
+           'merge_orders', 'plot_order', 'to_pairs', 'to_groups', 'pairs_to_groups', 'length_ratio', 'dataset_stats',
            'plot_dataset_distribution']
 
 # %% ../nbs/01_data.ipynb #77c1a212
@@ -373,7 +373,19 @@ def load_personaknob(source=MINI_DATASET, # a file (.csv/.jsonl/.parquet), a fol
             {s: _to_dataset(df[df['split'] == s].reset_index(drop=True)) for s in splits})
     return (out, report) if return_report else out
 
-# %% ../nbs/01_data.ipynb #16bdf235
+# %% ../nbs/01_data.ipynb #1be79f55
+def save_personaknob(rows, # a loaded split (Dataset) or a DataFrame of rows
+                     path:str|Path, # the CSV file to write (folders are created)
+                    ) -> Path:
+    "Write rows in the card's CSV schema, mask as a JSON list; `load_personaknob(path)` reads them back."
+    df = rows.to_pandas() if isinstance(rows, datasets.Dataset) else pd.DataFrame(rows).copy()
+    df['mask'] = df['mask'].map(lambda m: json.dumps(list(parse_traits(m))))
+    df = df[CARD_COLUMNS + [c for c in df.columns if c not in CARD_COLUMNS]]
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False)
+    return path
+
+# %% ../nbs/01_data.ipynb #b7e65276
 class OrderConflictError(ValueError):
     "Merged preference orders that contradict each other or contain a cycle."
 
@@ -410,7 +422,7 @@ class PreferenceOrder:
                                      f"{worse[:40]!r} ({mask_label(sw) if sw else 'nothing'}), which the trait sets do not support")
         self.edges.setdefault((better, worse), set()).add(source)
 
-# %% ../nbs/01_data.ipynb #507af976
+# %% ../nbs/01_data.ipynb #4dba2362
 def order_relation(o:PreferenceOrder) -> set[tuple[str, str]]:
     "Every (better, worse) pair implied by the trait sets: the full composed order."
     return {(a, b) for a, sa in o.nodes.items() for b, sb in o.nodes.items() if sb < sa}
@@ -435,7 +447,7 @@ def find_cycle(edges:Iterable[tuple[str, str]]) -> list[str]|None:
         if n not in state and (cyc := visit(n)): return cyc
     return None
 
-# %% ../nbs/01_data.ipynb #b7e65276
+# %% ../nbs/01_data.ipynb #8283cc8f
 def merge_orders(*orders:PreferenceOrder) -> PreferenceOrder:
     "Compose orders over the same prompt; raises `OrderConflictError` on contradictions or cycles."
     if not orders: raise ValueError('merge_orders needs at least one order')
@@ -455,7 +467,7 @@ def merge_orders(*orders:PreferenceOrder) -> PreferenceOrder:
     if cyc := find_cycle(explicit | order_relation(out)): raise OrderConflictError(f"cycle: {' > '.join(c[:30] for c in cyc)}")
     return out
 
-# %% ../nbs/01_data.ipynb #09ea836b
+# %% ../nbs/01_data.ipynb #7c6656bb
 def plot_order(o:PreferenceOrder, ax=None, width:int=28):
     "Draw the composed order as a Hasse diagram; returns the matplotlib Figure."
     import matplotlib.pyplot as plt
@@ -477,7 +489,7 @@ def plot_order(o:PreferenceOrder, ax=None, width:int=28):
     ax.set_title(textwrap.shorten(o.prompt, 80), fontsize=9)
     return ax.figure
 
-# %% ../nbs/01_data.ipynb #2bd15fbd
+# %% ../nbs/01_data.ipynb #3fa18c73
 def _rows(ds) -> list[PersonaKnobRow]:
     if isinstance(ds, datasets.DatasetDict): raise TypeError('pass one split (e.g. ds["train"]), not a DatasetDict')
     if isinstance(ds, pd.DataFrame): ds = ds.to_dict('records')
@@ -486,7 +498,7 @@ def _rows(ds) -> list[PersonaKnobRow]:
 def _user(text): return [{'role': 'user', 'content': text}]
 def _assistant(text): return [{'role': 'assistant', 'content': text}]
 
-# %% ../nbs/01_data.ipynb #51be9b87
+# %% ../nbs/01_data.ipynb #3066f08c
 def to_pairs(ds, # a PersonaKnob split (Dataset, DataFrame or rows)
              conversational:bool=False, # chat messages instead of plain strings
             ) -> datasets.Dataset:
@@ -499,7 +511,7 @@ def to_pairs(ds, # a PersonaKnob split (Dataset, DataFrame or rows)
             recs.append({'prompt': p, 'chosen': c, 'rejected': rj, 'trait': k, 'row_id': r.row_id})
     return datasets.Dataset.from_list(recs)
 
-# %% ../nbs/01_data.ipynb #3fa18c73
+# %% ../nbs/01_data.ipynb #99a28e3d
 GROUP_FEATURES = datasets.Features({'row_id': datasets.Value('string'), 'prompt': datasets.Value('string'), 'golden': datasets.Value('string'),
                                     'traits': datasets.Sequence(datasets.Value('string')),
                                     'rejects': {k: datasets.Value('string') for k in TRAIT_KEYS}})
@@ -516,7 +528,7 @@ def to_groups(ds, # a PersonaKnob split (Dataset, DataFrame or rows)
     return datasets.Dataset.from_list(recs) if conversational else datasets.Dataset.from_list(
         recs, features=GROUP_FEATURES)
 
-# %% ../nbs/01_data.ipynb #3066f08c
+# %% ../nbs/01_data.ipynb #d362b76f
 def pairs_to_groups(pairs) -> datasets.Dataset:
     "Regroup pairwise rows by `row_id` (the inverse of `to_pairs` for plain-text pairs)."
     by = {}
@@ -531,14 +543,14 @@ def pairs_to_groups(pairs) -> datasets.Dataset:
             for g in by.values()]
     return datasets.Dataset.from_list(recs, features=GROUP_FEATURES)
 
-# %% ../nbs/01_data.ipynb #e0295dd4
+# %% ../nbs/01_data.ipynb #68c639aa
 def _words(s:str) -> int: return len(str(s).split())
 
 def length_ratio(reject:str, golden:str) -> float:
     "Word count of the reject over the golden's: the length-confound measure of one pair."
     return _words(reject) / max(_words(golden), 1)
 
-# %% ../nbs/01_data.ipynb #1a0be7f7
+# %% ../nbs/01_data.ipynb #9c10f379
 def dataset_stats(ds) -> dict[str, pd.DataFrame]:
     "Mask sizes, per-trait counts, co-occurrence, lengths and golden-vs-reject length ratios, as DataFrames."
     if isinstance(ds, datasets.DatasetDict): rows = [r for s in ds for r in _rows(ds[s])]
@@ -558,7 +570,7 @@ def dataset_stats(ds) -> dict[str, pd.DataFrame]:
     return {'masks': masks.groupby(['split', 'mask']).size().rename('rows').reset_index(), 'mask_sizes': sizes,
             'traits': traits, 'cooccurrence': co, 'lengths': lengths, 'length_ratio': ratio}
 
-# %% ../nbs/01_data.ipynb #9c10f379
+# %% ../nbs/01_data.ipynb #74f71df9
 def plot_dataset_distribution(stats:dict):
     "The dataset distribution figure: mask sizes, trait counts, co-occurrence, lengths, length ratios."
     import matplotlib.pyplot as plt

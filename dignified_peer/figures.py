@@ -18,7 +18,7 @@ from .data import PreferenceOrder, load_personaknob, plot_dataset_distribution, 
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'METHOD_ORDER', 'TRAIT_COLORS', 'run_path', 'method_colors', 'save_figure', 'training_curves',
-           'gradient_norm_figure', 'instance_figure', 'build_figures']
+           'gradient_norm_figure', 'instance_figure', 'read_run_table', 'build_figures']
 
 # %% ../nbs/08_figures.ipynb #f0150bcd
 RUN_FILES: dict[str, str] = {
@@ -118,7 +118,8 @@ def instance_figure(rows, # PersonaKnob rows (a Dataset or a list of dicts)
                    ):
     "The partial order of one row with `size` active traits (or the largest available)."
     rows = list(rows)
-    best = max(rows, key=lambda r: (len(parse_traits(r['mask'])) if len(parse_traits(r['mask'])) <= size else -1))
+    fits = [r for r in rows if len(parse_traits(r['mask'])) <= size] or rows
+    best = max(fits, key=lambda r: len(parse_traits(r['mask'])))
     order = PreferenceOrder.from_row(best)
     short = {t: (t if len(t) < 140 else t[:137] + '...') for t in order.nodes}
     o = PreferenceOrder(order.prompt, {short[t]: s for t, s in order.nodes.items()},
@@ -128,7 +129,8 @@ def instance_figure(rows, # PersonaKnob rows (a Dataset or a list of dicts)
     return fig
 
 # %% ../nbs/08_figures.ipynb #e6bca96e
-def _read(run, key, **kw) -> pd.DataFrame|None:
+def read_run_table(run, key, **kw) -> pd.DataFrame|None:
+    "Table `key` of a run as a DataFrame, or None when the run has not written it."
     p = run_path(run, key, **kw)
     return pd.read_csv(p) if p.exists() else None
 
@@ -162,7 +164,7 @@ def build_figures(run:str|Path, # a run directory written by the pipeline
     if (st := _data_stats(run)) is not None: make('dataset_distribution', lambda: plot_dataset_distribution(st))
     if run_path(run, 'data_test').exists(): make('instance', lambda: instance_figure(load_personaknob(run_path(run, 'data_test'))))
     if hs := _histories(run): make('training_curves', lambda: training_curves(hs, epsilon))
-    if (gn := _read(run, 'gradnorm')) is not None: make('gradient_norms', lambda: gradient_norm_figure(gn))
+    if (gn := read_run_table(run, 'gradnorm')) is not None: make('gradient_norms', lambda: gradient_norm_figure(gn))
     if run_path(run, 'mfrm').exists():
         fit = pickle.loads(run_path(run, 'mfrm').read_bytes())
         make('wright_map', lambda: M.wright_map(fit))
@@ -170,5 +172,5 @@ def build_figures(run:str|Path, # a run directory written by the pipeline
         make('dignity_peer_plane', lambda: M.dignity_peer_plane(fit))
         make('judge_severity', lambda: M.judge_severity_plot(fit))
         make('category_curves', lambda: M.category_curves(fit))
-    if (b := _read(run, 'benchmarks')) is not None and len(b): make('benchmarks', lambda: plot_benchmarks(b))
+    if (b := read_run_table(run, 'benchmarks')) is not None and len(b): make('benchmarks', lambda: plot_benchmarks(b))
     return out

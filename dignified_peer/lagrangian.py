@@ -242,7 +242,7 @@ def gradient_share_table(policy, # the model whose update is analysed
                          ref_model, # its DPO reference
                          tokenizer, # the shared tokenizer
                          pairs, # preference pairs (DataFrame or records) with prompt, chosen, rejected, trait
-                         multipliers:dict[str, float], # lambda_k of formulation F1 by trait, e.g. a DualState's final values
+                         weightings:dict[str, dict], # name -> {trait: lambda_k} (weights 1/K + lambda_k); 'uniform' is always added
                          beta:float=0.1, # DPO beta
                          params=None, # parameters to differentiate; every trainable one when None
                          chat_template:bool=True, # wrap prompts in the chat template, as training does
@@ -256,7 +256,7 @@ def gradient_share_table(policy, # the model whose update is analysed
     L, _ = per_trait_dpo_losses(pc, pr, rc, rr, list(P['trait']), beta, trait_keys=traits)
     G = torch.stack([torch.cat([g.reshape(-1).double() for g in torch.autograd.grad(L[i], params, retain_graph=True)]) for i in range(len(traits))])
     rows = []
-    for name, lam in (('uniform', {}), ('lagrangian', multipliers)):
+    for name, lam in {'uniform': {}, **weightings}.items():  # one set of gradients serves every weighting
         w = torch.tensor([1 / len(traits) + float(lam.get(k, 0.0)) for k in traits], dtype=torch.float64)
         g = (w[:, None] * G).sum(0)
         share = w * (G @ g) / (g @ g)

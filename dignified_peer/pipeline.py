@@ -20,9 +20,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .core import EPSILON, TRAIT_KEYS, get_logger, make_run_dir, n_params, seed_everything, setup_logging, tiny_model
-from .data import MINI_DATASET, dataset_stats, is_hub_id, load_personaknob
-from .figures import build_figures, run_path
+from .core import EPSILON, TRAIT_KEYS, get_logger, load_model, make_run_dir, n_params, seed_everything, setup_logging, tiny_model
+from .data import MINI_DATASET, dataset_stats, is_hub_id, load_personaknob, save_personaknob
+from .figures import build_figures, read_run_table, run_path
 
 # %% auto #0
 __all__ = ['METHOD_NAMES', 'OFFLINE_JUDGES', 'DEFAULT_CONFIG', 'STAGE_CONFIG', 'STAGES', 'FIGURE_CAPTIONS', 'STAGE_FUNCS',
@@ -205,14 +205,14 @@ def stage_data(run:Path, cfg:dict):
     ds = load_personaknob(d['source'])
     if not isinstance(ds, datasets.DatasetDict):
         raise ConfigError(f"{d['source']}: needs a {d['train_split']!r} and a {d['test_split']!r} split, found one split")
+    kept = {}
     for key, split in (('data_train', d['train_split']), ('data_test', d['test_split'])):
         if split not in ds: raise ConfigError(f"{d['source']}: no split {split!r}; splits are {sorted(ds)}")
-        df = ds[split].to_pandas()
-        if key == 'data_test' and d['max_test_rows']: df = df.head(int(d['max_test_rows']))
-        df['mask'] = df['mask'].map(lambda m: json.dumps(list(m)))
-        p = run_path(run, key); p.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(p, index=False)
-    stats = dataset_stats(datasets.DatasetDict({'train': _split_rows(run, 'train'), 'test': _split_rows(run, 'test')}))
+        rows = ds[split]
+        if key == 'data_test' and d['max_test_rows']: rows = rows.select(range(min(int(d['max_test_rows']), len(rows))))
+        save_personaknob(rows, run_path(run, key))
+        kept[key.split('_')[1]] = rows
+    stats = dataset_stats(datasets.DatasetDict(kept))
     for k, v in stats.items():
         p = run_path(run, 'data_table', name=k); p.parent.mkdir(parents=True, exist_ok=True)
         v.to_csv(p, index=k == 'cooccurrence')
@@ -263,17 +263,13 @@ def trained_models(run:Path, cfg:dict) -> dict[str, Path]:
     "method -> final model folder, for every method of the config."
     return {m: run_path(run, 'model_final', method=m) for m in method_order(cfg)}
 
-def _load(path):
-    from dignified_peer.core import load_model
-    return load_model(path)
-
 def stage_select(run:Path, cfg:dict):
     "PersonaKnob selection accuracy per trait, by likelihood and by implicit reward against each model's reference."
     from dignified_peer.judging import selection_metrics, selection_pairs
     rows, details = _split_rows(run, 'test'), []
     for method, path in trained_models(run, cfg).items():
-        model, tok = _load(path)
-        ref, _ = _load(init_model(run, cfg, method))
+        model, tok = load_model(path)
+        ref, _ = load_model(init_model(run, cfg, method))
         details.append(selection_pairs(model, tok, rows, ref_model=ref, beta=cfg['train']['beta'], model_name=method))
     details = pd.concat(details, ignore_index=True)
     details.to_csv(run_path(run, 'selection_details'), index=False)
@@ -285,7 +281,7 @@ def stage_select(run:Path, cfg:dict):
 def _backend(run:Path, cfg:dict, method:str, path:Path):
     from dignified_peer.backends import TransformersBackend
     g = cfg['generate']
-    return TransformersBackend(_load(path), batch_size=g['batch_size'], max_new_tokens=g['max_new_tokens'],
+    return TransformersBackend(load_model(path), batch_size=g['batch_size'], max_new_tokens=g['max_new_tokens'],
                                cache=run_path(run, 'completion_cache'), name=f'{method}@{path}', progress=True)
 
 def _sampling(cfg:dict) -> dict:
@@ -399,13 +395,11 @@ def stage_gradnorm(run:Path, cfg:dict):
         state.multipliers = [float(v) for v in multipliers]
         return {k: float(w) - 1 / len(state.traits) for k, w in zip(state.traits, lagrangian_weights(state))}
     final, at_peak = as_lambdas(state.lambdas), as_lambdas(peak[cols].fillna(0).values)
-    policy, tok = _load(run_path(run, 'model_final', method='lagdpo'))
-    ref, _ = _load(init_model(run, cfg, 'lagdpo'))
+    policy, tok = load_model(run_path(run, 'model_final', method='lagdpo'))
+    ref, _ = load_model(init_model(run, cfg, 'lagdpo'))
     pairs = to_pairs(_split_rows(run, 'train')).to_pandas().groupby('trait', sort=False).head(8)
-    beta = cfg['train']['beta']
-    t = gradient_share_table(policy, ref, tok, pairs, final, beta=beta)
-    p = gradient_share_table(policy, ref, tok, pairs, at_peak, beta=beta)
-    table = pd.concat([t, p[p.weighting == 'lagrangian'].assign(weighting=f"lagrangian (peak, step {int(peak['step'])})")], ignore_index=True)
+    table = gradient_share_table(policy, ref, tok, pairs, {'lagrangian': final, f"lagrangian (peak, step {int(peak['step'])})": at_peak},
+                                 beta=cfg['train']['beta'])
     table.to_csv(run_path(run, 'gradnorm'), index=False)
     print(table.round(4).to_string(index=False))
 
@@ -477,10 +471,6 @@ def _versions() -> pd.DataFrame:
         except md.PackageNotFoundError: return '-'
     return pd.DataFrame({'package': ['python'] + pk, 'version': [platform.python_version()] + [v(p) for p in pk]})
 
-def _opt(run, key, **kw) -> pd.DataFrame|None:
-    p = run_path(run, key, **kw)
-    return pd.read_csv(p) if p.exists() else None
-
 # %% ../nbs/09_pipeline.ipynb #307444f6
 def report_blocks(run:Path, cfg:dict) -> list[tuple]:
     "What the report says, as blocks, from the run directory's files."
@@ -494,8 +484,8 @@ def report_blocks(run:Path, cfg:dict) -> list[tuple]:
     st = json.loads(run_path(run, 'stages').read_text()) if run_path(run, 'stages').exists() else {}
     B += [('h2', 'What ran'), ('table', pd.DataFrame([{'stage': s, 'seconds': v['seconds'], 'finished': v['finished']} for s, v in st.items()])),
           ('table', _versions()), ('code', yaml.safe_dump(cfg, sort_keys=False))]
-    if (ratio := _opt(run, 'data_table', name='length_ratio')) is not None:
-        B += [('h2', 'Data'), ('table', _opt(run, 'data_table', name='mask_sizes').pivot(index='size', columns='split', values='rows').reset_index()),
+    if (ratio := read_run_table(run, 'data_table', name='length_ratio')) is not None:
+        B += [('h2', 'Data'), ('table', read_run_table(run, 'data_table', name='mask_sizes').pivot(index='size', columns='split', values='rows').reset_index()),
               ('p', 'Reject/golden length ratio per trait (a length-confound check):'), ('table', ratio)]
     hs = {m: pd.read_csv(p) for m in method_order(cfg) if (p := run_path(run, 'history', method=m)).exists()}
     if hs:
@@ -507,12 +497,12 @@ def report_blocks(run:Path, cfg:dict) -> list[tuple]:
                 if f'lambda/{k}' in h: row[f'lambda_{k}'] = h[f'lambda/{k}'].dropna().iloc[-1] if h[f'lambda/{k}'].notna().any() else None
             last.append(row)
         B += [('h2', 'Training'), ('p', 'Per-trait DPO loss (mean of the last 10 logged steps) and the final multipliers:'), ('table', pd.DataFrame(last))]
-    if (sel := _opt(run, 'selection')) is not None:
+    if (sel := read_run_table(run, 'selection')) is not None:
         B += [('h2', 'Selection accuracy (test split)'), ('table', sel.pivot_table(index=['metric', 'trait'], columns='model', values='value').reset_index())]
     if (err := run_path(run, 'mfrm_table', name='error').with_suffix('.txt')).exists():
         B += [('h2', 'MFRM calibration'), ('p', f"The MFRM could not be fitted on these ratings: {err.read_text().strip()}")]
-    if (sc := _opt(run, 'mfrm_table', name='scores')) is not None:
-        meas = _opt(run, 'mfrm_table', name='measures')
+    if (sc := read_run_table(run, 'mfrm_table', name='scores')) is not None:
+        meas = read_run_table(run, 'mfrm_table', name='measures')
         B += [('h2', 'MFRM calibration'), ('p', 'Dignity score D-hat = mean(theta_A, theta_T) and Peer score P-hat = mean(theta_E, theta_C), with standard errors from the information matrix:'),
               ('table', sc)]
         tgt = meas[meas['facet'] == 'model x trait'] if 'facet' in meas else meas
@@ -521,8 +511,8 @@ def report_blocks(run:Path, cfg:dict) -> list[tuple]:
         if 'facet' in meas:
             cols = [c for c in ('element', 'Measure', 'Model S.E.', 'Infit MnSq', 'Outfit MnSq', 'Count') if c in meas]
             B += [('p', 'Judge severities:'), ('table', meas[meas['facet'] == 'judge'][cols])]
-        B += [('p', 'Facet summary (FACETS Table 7 conventions):'), ('table', _opt(run, 'mfrm_table', name='facet_summary'))]
-    if (bm := _opt(run, 'benchmarks')) is not None:
+        B += [('p', 'Facet summary (FACETS Table 7 conventions):'), ('table', read_run_table(run, 'mfrm_table', name='facet_summary'))]
+    if (bm := read_run_table(run, 'benchmarks')) is not None:
         rest = bm[bm.benchmark != 'selection'] if 'benchmark' in bm else bm
         B += [('h2', 'Dual-failure benchmarks'), ('table', rest.pivot_table(index=['benchmark', 'metric'], columns='model', values='value').reset_index())]
     figs = run_path(run, 'figures')
