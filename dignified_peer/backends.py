@@ -24,9 +24,9 @@ from urllib.parse import urlparse
 from .core import get_logger
 
 # %% auto #0
-__all__ = ['RETRY_STATUS', 'OPENAI_HOSTS', 'Completion', 'cache_key', 'CompletionCache', 'as_cache', 'ChatBackend',
-           'ScriptedBackend', 'LoopbackOpenAIServer', 'effective_base_url', 'is_openai_endpoint', 'resolve_api_key',
-           'OpenAIBackend', 'TransformersBackend']
+__all__ = ['RETRY_STATUS', 'AUTH_STATUS', 'OPENAI_HOSTS', 'Completion', 'cache_key', 'CompletionCache', 'as_cache', 'ChatBackend',
+           'ScriptedBackend', 'LoopbackOpenAIServer', 'EndpointAuthError', 'effective_base_url', 'is_openai_endpoint',
+           'resolve_api_key', 'OpenAIBackend', 'TransformersBackend']
 
 # %% ../nbs/02_backends.ipynb #5166c815
 @dataclass
@@ -97,9 +97,11 @@ class CompletionCache:
         if row is None: return None
         return {'text': row[0], 'finish_reason': row[1], 'usage': json.loads(row[2] or '{}'), 'model': row[3]}
 
-    def put(self, key:str, backend:str, model:str, request:dict, text:str, finish_reason=None, usage=None) -> bool:
-        "Store a completion; returns False when the key was already there (the first writer wins)."
-        cur = self._conn().execute('INSERT OR IGNORE INTO completions VALUES (?,?,?,?,?,?,?,?)',
+    def put(self, key:str, backend:str, model:str, request:dict, text:str, finish_reason=None, usage=None,
+            replace:bool=False, # overwrite an entry already there (a forced recomputation)
+           ) -> bool:
+        "Store a completion; returns False when the key was already there and not replaced (the first writer wins)."
+        cur = self._conn().execute(f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO completions VALUES (?,?,?,?,?,?,?,?)",
                                    (key, backend, model, json.dumps(request, ensure_ascii=False), text,
                                     finish_reason, json.dumps(usage or {}), time.time()))
         return cur.rowcount == 1
@@ -143,8 +145,11 @@ def _redact(text:str, secret:str|None) -> str:
 class ChatBackend:
     "Base class: `complete(batch_of_messages, **sampling) -> list[Completion]` with caching and usage totals."
     kind = 'base'
-    def __init__(self, model:str, cache=None):
-        self.model, self.cache = model, as_cache(cache)
+    def __init__(self, model:str, # model name, recorded as provenance
+                 cache=None, # None, a path or a `CompletionCache`
+                 refresh:bool=False, # ask again for cached requests and overwrite their entries (`--force`)
+                ):
+        self.model, self.cache, self.refresh = model, as_cache(cache), refresh
         self.usage = {'requests': 0, 'cached': 0, 'failed': 0, 'retries': 0, 'prompt_tokens': 0, 'completion_tokens': 0}
 
     @property
@@ -161,7 +166,7 @@ class ChatBackend:
         out, todo = [None]*len(batch), {}
         for i, messages in enumerate(batch):
             key = self.key(messages, sampling)
-            hit = self.cache.get(key) if self.cache is not None else None
+            hit = self.cache.get(key) if self.cache is not None and not self.refresh else None
             if hit is not None:
                 out[i] = Completion(hit['text'], hit['finish_reason'], hit['usage'], cached=True, cache_key=key,
                                     model=hit['model'] or self.model)
@@ -175,7 +180,7 @@ class ChatBackend:
         self.usage['completion_tokens'] += c.usage.get('completion_tokens', 0) or 0
         if self.cache is None: return
         if c.ok: self.cache.put(key, self.kind, c.model or self.model, {'messages': list(messages), 'sampling': _canonical_sampling(sampling)},
-                                c.text, c.finish_reason, c.usage)
+                                c.text, c.finish_reason, c.usage, replace=self.refresh)
         else: self.cache.record_failure(key, self.kind, self.model, c.error, attempts)
 
     def _fill(self, batch, sampling, out, done:dict) -> list[Completion]:
@@ -213,8 +218,9 @@ class ScriptedBackend(ChatBackend):
     def __init__(self, fn:Callable[..., str], # the function that writes each reply
                  model:str|None=None, # name recorded as provenance; the function's name when None
                  cache=None, # None, a path or a `CompletionCache`
+                 refresh:bool=False, # ignore cached answers and overwrite them
                 ):
-        super().__init__(model or getattr(fn, '__name__', 'fn'), cache)
+        super().__init__(model or getattr(fn, '__name__', 'fn'), cache, refresh)
         self.fn = fn
 
     def _generate(self, todo, sampling):
@@ -361,6 +367,10 @@ class LoopbackOpenAIServer:
 
 # %% ../nbs/02_backends.ipynb #31797bea
 RETRY_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+AUTH_STATUS = frozenset({401, 403})
+
+class EndpointAuthError(RuntimeError):
+    "The endpoint refused the credentials (HTTP 401/403): asking again cannot help; the message is one line."
 
 OPENAI_HOSTS = frozenset({'api.openai.com'})
 
@@ -421,8 +431,9 @@ class OpenAIBackend(ChatBackend):
                  backoff:float=0.5, # first backoff in seconds, doubled per retry
                  max_backoff:float=30.0, # longest wait between attempts, `Retry-After` included
                  retry_empty:bool=True, # treat an empty reply as a transient failure
+                 refresh:bool=False, # ignore cached answers and overwrite them
                 ):
-        super().__init__(model, cache)
+        super().__init__(model, cache, refresh)
         self.base_url, self.concurrency, self.max_retries, self.timeout = base_url, concurrency, max_retries, timeout
         self.progress, self.backoff, self.max_backoff, self.retry_empty = progress, backoff, max_backoff, retry_empty
         self._api_key = resolve_api_key(api_key, base_url)
@@ -430,6 +441,7 @@ class OpenAIBackend(ChatBackend):
         self.retry_log: list[dict] = []  # one entry per retry: key, attempt, error, wait
         self.log = get_logger('backends')
         self._aclient = self._aclient_loop = self._bg_loop = self._bg_thread = None
+        self._refused = None  # the EndpointAuthError of the current batch, once one request got 401/403
 
     def __repr__(self): return f"OpenAIBackend({self.model!r}, base_url={self.base_url!r}, concurrency={self.concurrency})"
 
@@ -480,6 +492,7 @@ class OpenAIBackend(ChatBackend):
         async with sem:
             t0 = time.perf_counter()
             while True:
+                if self._refused is not None: raise self._refused  # the key was refused: nothing more is sent
                 self.usage['requests'] += 1
                 try:
                     r = await client.chat.completions.create(model=self.model, messages=messages, **sampling)
@@ -493,6 +506,11 @@ class OpenAIBackend(ChatBackend):
                 except Exception as e:
                     retryable, ra, msg = self._classify(e)
                     msg = _redact(msg, self._api_key)
+                    if getattr(e, 'status_code', None) in AUTH_STATUS:
+                        self.usage['failed'] += 1
+                        self._refused = EndpointAuthError(f"{self._endpoint} refused the credentials ({msg}); check the API key "
+                                                          "(a judge's api_key_env, or OPENAI_API_KEY for OpenAI)")
+                        raise self._refused from None
                     if not retryable or attempt >= self.max_retries:
                         self.usage['failed'] += 1
                         self.log.warning('request %s failed after %d attempt(s): %s', key[:12], attempt + 1, msg)
@@ -512,7 +530,7 @@ class OpenAIBackend(ChatBackend):
         from tqdm import tqdm
         batch = [list(m) for m in batch_of_messages]
         out, todo = self._lookup(batch, sampling)
-        done = {}
+        done, self._refused = {}, None
         if todo:
             sem = asyncio.Semaphore(self.concurrency)
             bar = tqdm(total=len(todo), desc=self.name, disable=not self.progress, unit='req')
@@ -523,7 +541,14 @@ class OpenAIBackend(ChatBackend):
                 done[key] = c
                 bar.update(1)
                 if not c.ok: bar.set_postfix(failed=self.usage['failed'])
-            try: await asyncio.gather(*(run(key, m) for key, (i, m) in todo.items()))
+            tasks = [asyncio.ensure_future(run(key, m)) for key, (i, m) in todo.items()]
+            try:
+                # the first request refused for its credentials stops the batch: the others would be refused too
+                finished, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for t in pending: t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                errors = [t.exception() for t in finished if not t.cancelled() and t.exception() is not None]
+                if errors: raise errors[0]
             finally: bar.close()
         return self._fill(batch, sampling, out, done)
 
@@ -545,6 +570,21 @@ class OpenAIBackend(ChatBackend):
         if not loop.is_running(): loop.close()
 
 # %% ../nbs/02_backends.ipynb #27b8d371
+def _weights_hash(lm, tokenizer) -> str:
+    "SHA-256 of every parameter and buffer (names, dtypes, shapes, bytes) and of the tokenizer."
+    import torch
+    h = hashlib.sha256()
+    for name, t in sorted(lm.state_dict().items()):
+        t = t.detach().to('cpu').contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    be = getattr(tokenizer, 'backend_tokenizer', None)
+    if be is None: tok = sorted(tokenizer.get_vocab().items())
+    else: tok = {k: v for k, v in json.loads(be.to_str()).items() if k not in ('padding', 'truncation')}  # those two change per call
+    h.update(json.dumps(tok, sort_keys=True).encode())
+    h.update(str(getattr(tokenizer, 'chat_template', '')).encode())
+    return h.hexdigest()
+
 class TransformersBackend(ChatBackend):
     "Batched local generation with a transformers causal LM and its chat template."
     kind = 'transformers'
@@ -555,6 +595,7 @@ class TransformersBackend(ChatBackend):
                  name:str|None=None, # model name recorded as provenance and in cache keys
                  device:str|None=None, # where to load a model given by name
                  progress:bool=False, # show a tqdm progress bar over batches
+                 refresh:bool=False, # ignore cached answers and overwrite them
                 ):
         if isinstance(model, (tuple, list)): self.lm, self.tokenizer = model
         else:
@@ -563,8 +604,13 @@ class TransformersBackend(ChatBackend):
         from dignified_peer.core import ensure_chat_tokenizer
         ensure_chat_tokenizer(self.tokenizer)
         if name is None: name = model if isinstance(model, (str, Path)) else (getattr(self.lm.config, '_name_or_path', '') or type(self.lm).__name__)
-        super().__init__(str(name), cache)
+        super().__init__(str(name), cache, refresh)
         self.batch_size, self.max_new_tokens, self.progress = batch_size, max_new_tokens, progress
+        self.fingerprint = _weights_hash(self.lm, self.tokenizer)
+
+    def key(self, messages, sampling:dict) -> str:
+        "The cache key: the weights and tokenizer themselves (not the model's name or folder) and the sampling."
+        return cache_key(self.kind, self.fingerprint, messages, {'max_tokens': self.max_new_tokens, **sampling})
 
     def _generate(self, todo, sampling):
         import torch

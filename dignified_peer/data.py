@@ -11,7 +11,9 @@ import io
 import json
 import math
 import numbers
+import os
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -24,10 +26,11 @@ from .core import TRAIT_KEYS, TraitParseError, data_dir, get_logger, mask_label,
 
 # %% auto #0
 __all__ = ['REJECT_COLUMNS', 'CARD_COLUMNS', 'TEXT_COLUMNS', 'MINI_DATASET', 'HUB_DATASET', 'READERS', 'PROBLEM_KINDS',
-           'FEATURES', 'GROUP_FEATURES', 'PersonaKnobFileError', 'read_table', 'Problem', 'ValidationReport',
-           'PersonaKnobValidationError', 'validate_personaknob', 'PersonaKnobRow', 'is_hub_id', 'load_personaknob',
-           'save_personaknob', 'OrderConflictError', 'PreferenceOrder', 'order_relation', 'hasse_edges', 'find_cycle',
-           'merge_orders', 'plot_order', 'to_pairs', 'to_groups', 'pairs_to_groups', 'length_ratio', 'dataset_stats',
+           'FEATURES', 'GROUP_FEATURES', 'PersonaKnobFileError', 'read_table', 'atomic_path', 'atomic_write',
+           'RunFileError', 'read_jsonl', 'append_jsonl', 'Problem', 'ValidationReport', 'PersonaKnobValidationError',
+           'validate_personaknob', 'PersonaKnobRow', 'is_hub_id', 'load_personaknob', 'save_personaknob',
+           'OrderConflictError', 'PreferenceOrder', 'order_relation', 'hasse_edges', 'find_cycle', 'merge_orders',
+           'plot_order', 'to_pairs', 'to_groups', 'pairs_to_groups', 'length_ratio', 'dataset_stats',
            'plot_dataset_distribution']
 
 # %% ../nbs/01_data.ipynb #77c1a212
@@ -53,6 +56,8 @@ def _decode(path:Path) -> str:
 
 # %% ../nbs/01_data.ipynb #4b67f001
 def _check_header(path:Path, header:list[str]):
+    dup = [c for c, n in Counter(header).items() if n > 1]
+    if dup: raise PersonaKnobFileError(f"{path}:1: column(s) {', '.join(map(repr, dup))} appear more than once in the header; keep one")
     missing = [c for c in CARD_COLUMNS if c not in header]
     if not missing: return
     hints = []
@@ -87,15 +92,22 @@ def _read_csv(path:Path) -> pd.DataFrame:
                                        f"({kind}, or an unbalanced quote)")
         if rec: rows.append(rec)
         start = reader.line_num + 1
+    if not rows: raise PersonaKnobFileError(f"{path}: the file has a header but no rows")
     return pd.DataFrame(rows, columns=header, dtype=object)
 
 # %% ../nbs/01_data.ipynb #51928d8e
+def _unique_keys(pairs:list) -> dict:
+    dup = [k for k, n in Counter(k for k, _ in pairs).items() if n > 1]
+    if dup: raise KeyError(f"key(s) {', '.join(map(repr, dup))} appear more than once in one record; keep one")
+    return dict(pairs)
+
 def _read_jsonl(path:Path) -> pd.DataFrame:
     recs = []
     for i, line in enumerate(_decode(path).splitlines(), 1):
         if not line.strip(): continue
-        try: rec = json.loads(line)
+        try: rec = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e: raise PersonaKnobFileError(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno})") from None
+        except KeyError as e: raise PersonaKnobFileError(f"{path}:{i}: {e.args[0]}") from None
         if not isinstance(rec, dict): raise PersonaKnobFileError(f"{path}:{i}: expected a JSON object, found {type(rec).__name__}")
         recs.append(rec)
     if not recs: raise PersonaKnobFileError(f"{path}: the file holds no records")
@@ -107,6 +119,7 @@ def _read_parquet(path:Path) -> pd.DataFrame:
     try: df = pd.read_parquet(path)
     except Exception as e: raise PersonaKnobFileError(f"{path}: cannot read as Parquet ({type(e).__name__}: {e})") from None
     _check_header(path, list(df.columns))
+    if not len(df): raise PersonaKnobFileError(f"{path}: the file has columns but no rows")
     return df.astype(object)
 
 # %% ../nbs/01_data.ipynb #d8b8c0fd
@@ -121,6 +134,63 @@ def read_table(path:str|Path) -> pd.DataFrame:
     df = reader(path)
     df.attrs['source'] = str(path)
     return df
+
+# %% ../nbs/01_data.ipynb #74bc08da
+@contextmanager
+def atomic_path(path:str|Path, # the file to (re)write; its folder is created
+               ):
+    "A temporary path beside `path`, renamed onto `path` when the block succeeds, removed when it fails."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
+
+def atomic_write(path:str|Path, # the file to (re)write
+                 data:str|bytes, # its whole new content (str is written as UTF-8)
+                ) -> Path:
+    "Write `data` through a temporary file, flushed to disk, then renamed onto `path`."
+    with atomic_path(path) as tmp:
+        with open(tmp, 'wb') as f:
+            f.write(data.encode('utf-8') if isinstance(data, str) else data); f.flush(); os.fsync(f.fileno())
+    return Path(path)
+
+# %% ../nbs/01_data.ipynb #50f7c761
+class RunFileError(ValueError):
+    "A run file that cannot be read; the message names the file and the line."
+
+def read_jsonl(path:str|Path, # a JSON Lines file; [] when it does not exist
+              ) -> list[dict]:
+    "Every record of a JSON Lines file; a torn last line is dropped with a warning naming the file."
+    p = Path(path)
+    if not p.exists(): return []
+    lines = p.read_bytes().decode('utf-8', errors='replace').splitlines()
+    recs = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip(): continue
+        try: recs.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i < len(lines): raise RunFileError(f"{p}:{i}: not valid JSON ({e.msg}); delete the file to recompute it") from None
+            get_logger('data').warning('%s:%d: dropped a torn last line (%s); its record will be recomputed', p, i, e.msg)
+    return recs
+
+def append_jsonl(path:str|Path, # a JSON Lines file, created with its folder when missing
+                 records:Iterable[dict], # what to append, one line each
+                ) -> Path:
+    "Append records as JSON lines, cutting off a torn last line first."
+    p = Path(path); p.parent.mkdir(parents=True, exist_ok=True)
+    if p.exists() and p.stat().st_size:
+        data = p.read_bytes()
+        if not data.endswith(b'\n'):
+            cut = data.rfind(b'\n') + 1
+            try: json.loads(data[cut:]); fix = data + b'\n'  # a whole record that lacks only its newline
+            except ValueError:
+                get_logger('data').warning('%s: cut off a torn last line before appending', p); fix = data[:cut]
+            atomic_write(p, fix)
+    with open(p, 'a', encoding='utf-8') as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + '\n' for r in records); f.flush(); os.fsync(f.fileno())
+    return p
 
 # %% ../nbs/01_data.ipynb #d8b1ef44
 PROBLEM_KINDS = {
@@ -381,9 +451,8 @@ def save_personaknob(rows, # a loaded split (Dataset) or a DataFrame of rows
     df = rows.to_pandas() if isinstance(rows, datasets.Dataset) else pd.DataFrame(rows).copy()
     df['mask'] = df['mask'].map(lambda m: json.dumps(list(parse_traits(m))))
     df = df[CARD_COLUMNS + [c for c in df.columns if c not in CARD_COLUMNS]]
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False)
-    return path
+    with atomic_path(path) as tmp: df.to_csv(tmp, index=False)
+    return Path(path)
 
 # %% ../nbs/01_data.ipynb #b7e65276
 class OrderConflictError(ValueError):

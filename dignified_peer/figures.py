@@ -5,7 +5,7 @@
 # %% ../nbs/08_figures.ipynb #0039a916
 from __future__ import annotations
 
-import pickle
+import json
 from pathlib import Path
 
 import matplotlib
@@ -14,15 +14,15 @@ import numpy as np
 import pandas as pd
 
 from .core import EPSILON, TRAIT_KEYS, TRAITS, get_logger, parse_traits
-from .data import PreferenceOrder, load_personaknob, plot_dataset_distribution, plot_order
+from .data import PreferenceOrder, atomic_path, load_personaknob, plot_dataset_distribution, plot_order
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'METHOD_ORDER', 'TRAIT_COLORS', 'run_path', 'method_colors', 'save_figure', 'training_curves',
-           'gradient_norm_figure', 'instance_figure', 'read_run_table', 'build_figures']
+           'gradient_norm_figure', 'instance_figure', 'read_run_table', 'refit_mfrm', 'build_figures']
 
 # %% ../nbs/08_figures.ipynb #f0150bcd
 RUN_FILES: dict[str, str] = {
-    'config': 'config.yaml', 'stages': 'stages.json', 'log': 'run.log',
+    'config': 'config.yaml', 'stages': 'stages.json', 'log': 'run.log', 'lock': 'run.lock',
     'data_train': 'data/train.csv', 'data_test': 'data/test.csv',
     'tables': 'tables', 'data_table': 'tables/data_{name}.csv',
     'base_model': 'models/base', 'model_dir': 'models/{method}', 'model_final': 'models/{method}/final',
@@ -31,7 +31,7 @@ RUN_FILES: dict[str, str] = {
     'responses': 'responses/responses.jsonl', 'responses_table': 'responses/responses.csv',
     'completion_cache': 'cache/completions.sqlite', 'judge_cache': 'cache/judges.sqlite',
     'ratings_cache': 'ratings/ratings.jsonl', 'ratings': 'ratings/ratings.csv',
-    'mfrm': 'mfrm/mfrm.pkl', 'mfrm_table': 'mfrm/{name}.csv',
+    'mfrm': 'mfrm/fit.json', 'mfrm_table': 'mfrm/{name}.csv',
     'xstest': 'benchmarks/xstest.csv', 'xstest_responses': 'benchmarks/xstest_responses.jsonl',
     'sycophancy': 'benchmarks/sycophancy.csv', 'benchmarks': 'tables/benchmarks.csv',
     'gradnorm': 'tables/gradient_norms.csv',
@@ -58,9 +58,11 @@ def method_colors(methods) -> dict:
 
 def save_figure(fig, folder:str|Path, name:str) -> Path:
     "Save `fig` as `name`.png and `name`.pdf in `folder`; returns the PNG path."
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    fig.savefig(folder/f'{name}.png', dpi=150, bbox_inches='tight'); fig.savefig(folder/f'{name}.pdf', bbox_inches='tight')
-    plt.close(fig)
+    folder = Path(folder)
+    try:
+        with atomic_path(folder/f'{name}.png') as png: fig.savefig(png, dpi=150, bbox_inches='tight')
+        with atomic_path(folder/f'{name}.pdf') as pdf: fig.savefig(pdf, bbox_inches='tight')
+    finally: plt.close(fig)
     return folder/f'{name}.png'
 
 # %% ../nbs/08_figures.ipynb #22469c40
@@ -140,15 +142,26 @@ def _data_stats(run) -> dict|None:
     st = {n: pd.read_csv(run_path(run, 'data_table', name=n), index_col=0 if n == 'cooccurrence' else None) for n in names}
     return st
 
-def _histories(run) -> dict[str, pd.DataFrame]:
+def _histories(run, methods=None) -> dict[str, pd.DataFrame]:
     out = {}
     for d in sorted(run_path(run, 'model_dir', method='x').parent.glob('*/history.csv')):
-        out[d.parent.name] = pd.read_csv(d)
+        if methods is None or d.parent.name in methods: out[d.parent.name] = pd.read_csv(d)
     return dict(sorted(out.items(), key=lambda kv: METHOD_ORDER.index(kv[0]) if kv[0] in METHOD_ORDER else 99))
+
+def refit_mfrm(run:str|Path, # a run directory with mfrm/fit.json and ratings/ratings.csv
+              ):
+    "The run's MFRM, refitted from its ratings with the settings recorded in `mfrm/fit.json` (None when there is none)."
+    from dignified_peer.mfrm import MFRM
+    if not (p := run_path(run, 'mfrm')).exists() or not run_path(run, 'ratings').exists(): return None
+    try: settings = json.loads(p.read_text(encoding='utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        get_logger('figures').warning('%s is not JSON (a run written before fit.json): the MFRM figures are skipped', p); return None
+    return MFRM(**settings).fit(pd.read_csv(run_path(run, 'ratings'), dtype={'item': str}))
 
 # %% ../nbs/08_figures.ipynb #bc049683
 def build_figures(run:str|Path, # a run directory written by the pipeline
                   epsilon:float|dict=EPSILON, # tolerance(s) drawn on the training curves
+                  methods:list[str]|None=None, # the methods of the run's config; every trained folder when None
                  ) -> dict[str, Path]:
     "Rebuild every figure the run's tables allow; returns name -> PNG path. Missing inputs are logged, not fatal."
     from dignified_peer import mfrm as M
@@ -163,14 +176,15 @@ def build_figures(run:str|Path, # a run directory written by the pipeline
         except Exception as e: log.warning('figure %s not made: %s: %s', name, type(e).__name__, e)
     if (st := _data_stats(run)) is not None: make('dataset_distribution', lambda: plot_dataset_distribution(st))
     if run_path(run, 'data_test').exists(): make('instance', lambda: instance_figure(load_personaknob(run_path(run, 'data_test'))))
-    if hs := _histories(run): make('training_curves', lambda: training_curves(hs, epsilon))
+    if hs := _histories(run, methods): make('training_curves', lambda: training_curves(hs, epsilon))
     if (gn := read_run_table(run, 'gradnorm')) is not None: make('gradient_norms', lambda: gradient_norm_figure(gn))
-    if run_path(run, 'mfrm').exists():
-        fit = pickle.loads(run_path(run, 'mfrm').read_bytes())
+    if (fit := refit_mfrm(run)) is not None:
         make('wright_map', lambda: M.wright_map(fit))
         make('trait_measures', lambda: M.trait_measures_plot(fit))
         make('dignity_peer_plane', lambda: M.dignity_peer_plane(fit))
         make('judge_severity', lambda: M.judge_severity_plot(fit))
         make('category_curves', lambda: M.category_curves(fit))
     if (b := read_run_table(run, 'benchmarks')) is not None and len(b): make('benchmarks', lambda: plot_benchmarks(b))
+    for old in [*folder.glob('*.png'), *folder.glob('*.pdf')] if folder.exists() else []:
+        if old.stem not in out: old.unlink()  # a figure whose inputs are gone must not outlive them
     return out
