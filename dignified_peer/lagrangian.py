@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from .core import EPSILON, TRAIT_KEYS
 
 # %% auto #0
-__all__ = ['FORMULATIONS', 'ESTIMATES', 'dpo_logits', 'trait_indices', 'per_trait_dpo_losses', 'constraint_names', 'DualState',
-           'lagrangian_weights', 'lagrangian_value', 'completion_logps', 'gradient_share_table']
+__all__ = ['FORMULATIONS', 'ESTIMATES', 'DUAL_SETTINGS', 'dpo_logits', 'trait_indices', 'per_trait_dpo_losses',
+           'constraint_names', 'check_dual_settings', 'DualState', 'lagrangian_weights', 'lagrangian_value',
+           'completion_logps', 'gradient_share_table']
 
 # %% ../nbs/04_lagrangian.ipynb #6ad96255
 def dpo_logits(policy_chosen_logps:torch.Tensor, # log pi_theta(y*|x), one per pair
@@ -70,9 +71,37 @@ def constraint_names(formulation:str, # 'F1', 'F2' or 'F3'
     if formulation == 'F3': return [f"{i}-{j}" for i in traits for j in traits if i != j]
     return list(traits)
 
-# %% ../nbs/04_lagrangian.ipynb #73fe0377
+# %% ../nbs/04_lagrangian.ipynb #c4e1d2a9
 ESTIMATES: tuple[str, ...] = ('ema', 'window')  # how the running estimate of each L_k is formed
+DUAL_SETTINGS: tuple[str, ...] = ('formulation', 'epsilon', 'tolerances', 'lr', 'delay', 'lambda_max', 'lambda_init', 'log_param',
+                                  'log_floor', 'estimate', 'window', 'primary', 'normalize')  # the hyperparameters of `DualState`
 
+def _bad(x, ok): return not (isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and ok(float(x)))
+
+def check_dual_settings(traits:Sequence[str]|None, # the objective's traits; None skips the checks that need them
+                        names:dict|None=None, # {setting: the caller's name for it}, used in the messages
+                        **s, # the `DUAL_SETTINGS`
+                       ):
+    "Raise a `ValueError` naming the setting for any dual-ascent setting that cannot work."
+    n = lambda f: (names or {}).get(f, f)
+    def fail(f, why): raise ValueError(f"{n(f)}={s[f]!r}: {why}")
+    if s['formulation'] not in FORMULATIONS: fail('formulation', f"choose one of {FORMULATIONS}")
+    if _bad(s['epsilon'], lambda v: 0 < v < math.inf): fail('epsilon', "the tolerance must be a positive number")
+    tol = s['tolerances'] or {}
+    if not isinstance(tol, dict) or any(_bad(v, lambda v: 0 < v < math.inf) for v in tol.values()):
+        fail('tolerances', "a dict {trait: tolerance} of positive numbers")
+    if traits is not None and set(tol) - set(traits): fail('tolerances', f"traits {sorted(set(tol) - set(traits))} are not in the objective {tuple(traits)}")
+    if _bad(s['lr'], lambda v: 0 <= v < math.inf): fail('lr', "the dual step must ascend: use a learning rate >= 0 (0 freezes the multipliers)")
+    if _bad(s['delay'], lambda v: v >= 0 and v == int(v)): fail('delay', "a number of steps >= 0")
+    if _bad(s['lambda_max'], lambda v: v >= 0): fail('lambda_max', "the cap must be >= 0 (a negative multiplier would ascend on its trait's loss)")
+    if _bad(s['lambda_init'], lambda v: 0 <= v <= s['lambda_max']): fail('lambda_init', f"must lie in [0, lambda_max={s['lambda_max']}]")
+    if _bad(s['log_floor'], lambda v: 0 < v <= s['lambda_max']): fail('log_floor', f"must lie in (0, lambda_max={s['lambda_max']}]")
+    if s['estimate'] not in ESTIMATES: fail('estimate', f"choose one of {ESTIMATES}")
+    if _bad(s['window'], lambda v: v >= 1 and v == int(v)): fail('window', "a number of steps >= 1")
+    if s['formulation'] == 'F2' and (s['primary'] is None or (traits is not None and s['primary'] not in traits)):
+        fail('primary', f"formulation F2 needs its primary trait, one of {tuple(traits) if traits is not None else 'the traits'}")
+
+# %% ../nbs/04_lagrangian.ipynb #73fe0377
 @dataclass
 class DualState:
     "Lagrange multipliers of Lag-DPO, their running loss estimates and their projected-ascent update."
@@ -98,12 +127,7 @@ class DualState:
     def __post_init__(self):
         self.traits = tuple(self.traits)
         self.names = constraint_names(self.formulation, self.traits)
-        if self.estimate not in ESTIMATES: raise ValueError(f"unknown estimate {self.estimate!r}; choose one of {ESTIMATES}")
-        if self.formulation == 'F2' and self.primary not in self.traits:
-            raise ValueError(f"formulation F2 needs `primary` to be one of {self.traits}, got {self.primary!r}")
-        bad = set(self.tolerances or {}) - set(self.traits)
-        if bad: raise ValueError(f"tolerances given for traits {sorted(bad)} that are not in the objective {self.traits}")
-        if self.window < 1: raise ValueError(f"window must be >= 1, got {self.window}")
+        check_dual_settings(self.traits, **self.settings())
         if self.multipliers is None:
             init = max(self.lambda_init, self.log_floor) if self.log_param else self.lambda_init
             self.multipliers = [0.0 if self._frozen(c) else float(init) for c in self.names]
@@ -111,6 +135,10 @@ class DualState:
         if len(self.multipliers) != len(self.names): raise ValueError(f"{len(self.multipliers)} multipliers for {len(self.names)} constraints")
 
     def _frozen(self, name): return self.formulation == 'F2' and name == self.primary
+
+    def settings(self) -> dict:
+        "The hyperparameters (`DUAL_SETTINGS`), as opposed to the training state."
+        return {f: getattr(self, f) for f in DUAL_SETTINGS}
 
     @property
     def lambdas(self) -> np.ndarray: return np.asarray(self.multipliers, dtype=np.float64)
@@ -169,6 +197,17 @@ class DualState:
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown: raise ValueError(f"unknown DualState fields {sorted(unknown)}")
         return cls(**_plain(d))
+
+    def resume_from(self, saved:dict) -> dict:
+        "Take the training state (multipliers, estimates, steps, buffer) of a saved state, keep this state's settings; returns the settings that differ as {name: (saved, current)}."
+        old = DualState.from_dict(saved)
+        if old.traits != self.traits: raise ValueError(f"the saved dual state has traits {old.traits}, this run {self.traits}: a resumed run keeps its traits")
+        if old.names != self.names: raise ValueError(f"the saved dual state has constraints {old.names} ({old.formulation}), this run {self.names} ({self.formulation})")
+        changed = {f: (getattr(old, f), v) for f, v in self.settings().items() if f != 'lambda_init' and _plain(getattr(old, f)) != _plain(v)}
+        lo = self.log_floor if self.log_param else 0.0
+        self.multipliers = [0.0 if self._frozen(c) else float(min(max(m, lo), self.lambda_max)) for c, m in zip(self.names, old.multipliers)]
+        self.estimates, self.steps, self.buffer = list(old.estimates), old.steps, _plain(old.buffer)
+        return changed
 
 def _as_float64(x) -> np.ndarray:
     if isinstance(x, torch.Tensor): x = x.detach().cpu().double().numpy()
