@@ -159,7 +159,12 @@ class ChatBackend:
 
     def __repr__(self): return f"{type(self).__name__}({self.model!r}, cache={self.cache!r})"
 
-    def key(self, messages, sampling:dict) -> str: return cache_key(self.kind, self.model, messages, sampling)
+    @property
+    def identity(self) -> str:
+        "What answers: the part of every cache key that is not the request (a judge's rating key includes it)."
+        return self.model
+
+    def key(self, messages, sampling:dict) -> str: return cache_key(self.kind, self.identity, messages, sampling)
 
     def _lookup(self, batch, sampling):
         "Completions for cached requests, and {key: (first index, messages)} of the rest."
@@ -445,9 +450,10 @@ class OpenAIBackend(ChatBackend):
 
     def __repr__(self): return f"OpenAIBackend({self.model!r}, base_url={self.base_url!r}, concurrency={self.concurrency})"
 
-    def key(self, messages, sampling:dict) -> str:
-        "The cache key: the endpoint is part of the model's identity (never the API key)."
-        return cache_key(self.kind, f"{self._endpoint}|{self.model}", messages, sampling)
+    @property
+    def identity(self) -> str:
+        "The endpoint and the model it serves (never the API key)."
+        return f"{self._endpoint}|{self.model}"
 
     async def _client(self):
         "The async client of the running event loop, kept so its connections are reused from call to call."
@@ -608,9 +614,14 @@ class TransformersBackend(ChatBackend):
         self.batch_size, self.max_new_tokens, self.progress = batch_size, max_new_tokens, progress
         self.fingerprint = _weights_hash(self.lm, self.tokenizer)
 
+    @property
+    def identity(self) -> str:
+        "The weights and tokenizer themselves, not the model's name or folder."
+        return self.fingerprint
+
     def key(self, messages, sampling:dict) -> str:
-        "The cache key: the weights and tokenizer themselves (not the model's name or folder) and the sampling."
-        return cache_key(self.kind, self.fingerprint, messages, {'max_tokens': self.max_new_tokens, **sampling})
+        "The cache key: the weights, the messages and the sampling, the default length limit included."
+        return cache_key(self.kind, self.identity, messages, {'max_tokens': self.max_new_tokens, **sampling})
 
     def _generate(self, todo, sampling):
         import torch
