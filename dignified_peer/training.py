@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field, fields
@@ -17,18 +18,20 @@ import datasets
 import numpy as np
 import pandas as pd
 import torch
-from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers import TrainerCallback, TrainerState
+from transformers.trainer_callback import ExportableState
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import pad
 
 from .core import EPSILON, TRAIT_KEYS, get_logger, parse_traits, seed_everything
-from .lagrangian import FORMULATIONS, DualState, lagrangian_weights, per_trait_dpo_losses
+from .lagrangian import DUAL_SETTINGS, DualState, check_dual_settings, lagrangian_weights, per_trait_dpo_losses
 
 # %% auto #0
-__all__ = ['WEIGHTINGS', 'DUAL_STATE_NAME', 'METHODS', 'TRAIN_DEFAULTS', 'LagrangianDPOConfig', 'DataCollatorForPreferenceGroups',
-           'NonFiniteLossError', 'LagrangianDPOTrainer', 'history_frame', 'train', 'TrainScriptArguments',
-           'load_train_config', 'train_cli']
+__all__ = ['WEIGHTINGS', 'DUAL_STATE_NAME', 'STATS', 'METHODS', 'TRAIN_DEFAULTS', 'LagrangianDPOConfig',
+           'DataCollatorForPreferenceGroups', 'NonFiniteLossError', 'DualAscentCallback', 'LagrangianDPOTrainer',
+           'history_frame', 'train', 'TrainScriptArguments', 'load_train_config', 'train_cli']
 
 # %% ../nbs/05_training.ipynb #c02058d4
 WEIGHTINGS: tuple[str, ...] = ('lagrangian', 'uniform', 'fixed', 'pooled')
@@ -49,16 +52,17 @@ class LagrangianDPOConfig(DPOConfig):
     tolerances: dict | str | None = field(default=None, metadata={'help': "Per-trait tolerances as a dict or JSON string, e.g. '{\"A\": 0.4}'; traits not named use `epsilon`."})
     traits: list[str] | None = field(default=None, metadata={'help': "Traits of the objective, e.g. A T E C; the traits present in the training data when unset."})
     primary_trait: str | None = field(default=None, metadata={'help': "Primary trait of formulation F2."})
-    dual_lr: float = field(default=0.1, metadata={'help': "Dual learning rate eta_lambda of the projected ascent on the multipliers."})
-    dual_delay: int = field(default=0, metadata={'help': "Optimiser steps during which the loss estimates move but the multipliers do not."})
-    lambda_max: float = field(default=10.0, metadata={'help': "Cap lambda_max of every multiplier."})
-    lambda_init: float = field(default=0.0, metadata={'help': "Initial value of every multiplier."})
+    dual_lr: float = field(default=DualState.lr, metadata={'help': "Dual learning rate eta_lambda of the projected ascent on the multipliers."})
+    dual_delay: int = field(default=DualState.delay, metadata={'help': "Optimiser steps during which the loss estimates move but the multipliers do not."})
+    lambda_max: float = field(default=DualState.lambda_max, metadata={'help': "Cap lambda_max of every multiplier."})
+    lambda_init: float = field(default=DualState.lambda_init, metadata={'help': "Initial value of every multiplier."})
     dual_log_param: bool = field(default=False, metadata={'help': "Ascend on log(lambda) (multiplicative update) instead of lambda."})
-    dual_log_floor: float = field(default=1e-3, metadata={'help': "Smallest multiplier under the log-parametrisation."})
+    dual_log_floor: float = field(default=DualState.log_floor, metadata={'help': "Smallest multiplier under the log-parametrisation."})
     dual_estimate: str = field(default='ema', metadata={'help': "Running estimate of each trait's loss for the dual step: 'ema' or 'window'."})
-    dual_window: int = field(default=10, metadata={'help': "Estimate window in optimiser steps: the EMA span (alpha = 2/(window+1)) or the number of steps pooled."})
+    dual_window: int = field(default=DualState.window, metadata={'help': "Estimate window in optimiser steps: the EMA span (alpha = 2/(window+1)) or the number of steps pooled."})
     normalize_weights: bool = field(default=False, metadata={'help': "Divide the per-trait weights by their sum (keeps the primal step size independent of the multipliers)."})
     trait_weights: dict | str | None = field(default=None, metadata={'help': "Hand weights of the 'fixed' weighting as a dict or JSON string, e.g. '{\"A\": 2, \"T\": 1, \"E\": 1, \"C\": 1}'."})
+    drop_other_traits: bool = field(default=False, metadata={'help': "Drop the pairs of traits outside `traits` from the data; by default such data is refused."})
 
     def __post_init__(self):
         # DPOConfig turns bf16 on unless told otherwise, which fails on a CPU: only default to it where it works
@@ -68,14 +72,37 @@ class LagrangianDPOConfig(DPOConfig):
         self.trait_weights = _json_dict(self.trait_weights, 'trait_weights')
         if self.traits is not None: self.traits = list(parse_traits(self.traits))
         if self.weighting not in WEIGHTINGS: raise ValueError(f"unknown weighting {self.weighting!r}; choose one of {WEIGHTINGS}")
-        if self.formulation not in FORMULATIONS: raise ValueError(f"unknown formulation {self.formulation!r}; choose one of {FORMULATIONS}")
-        if self.weighting == 'fixed' and not self.trait_weights: raise ValueError("weighting='fixed' needs `trait_weights`")
+        check_dual_settings(self.traits, names=_CONFIG_NAMES, **self.dual_settings())
+        _check_trait_weights(self.trait_weights, self.traits, required=self.weighting == 'fixed')
         if self.loss_type != ['sigmoid'] or self.f_divergence_type != 'reverse_kl' or self.ld_alpha is not None or self.use_weighting:
             raise ValueError("LagrangianDPOConfig supports only TRL's plain sigmoid DPO loss (loss_type='sigmoid', "
                              "f_divergence_type='reverse_kl', ld_alpha=None, use_weighting=False)")
+        if self.loss_weights is not None and not _positive_finite(self.loss_weights[0]):
+            raise ValueError(f"loss_weights={self.loss_weights!r}: the one weight of the sigmoid loss must be a positive number")
         if self.precompute_ref_log_probs:
             raise ValueError("precompute_ref_log_probs is not supported by the grouped forward: pass a `ref_model`, "
                              "a model path (TRL loads the reference) or a PEFT config")
+
+    def dual_settings(self) -> dict:
+        "The `DualState` settings these fields give (the baselines freeze the multipliers at 0)."
+        s = {f: getattr(self, _CONFIG_NAMES.get(f, f)) for f in DUAL_SETTINGS}
+        if self.weighting != 'lagrangian': s.update(formulation='F1', lr=0.0, lambda_init=0.0, log_param=False)
+        return s
+
+# the config's name of each `DualState` setting that it spells differently
+_CONFIG_NAMES = {'lr': 'dual_lr', 'delay': 'dual_delay', 'log_param': 'dual_log_param', 'log_floor': 'dual_log_floor',
+                 'estimate': 'dual_estimate', 'window': 'dual_window', 'primary': 'primary_trait', 'normalize': 'normalize_weights'}
+
+def _positive_finite(v): return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf
+
+def _check_trait_weights(weights, traits, required=False):
+    if not weights:
+        if required: raise ValueError("weighting='fixed' needs `trait_weights`")
+        return
+    unknown = [k for k in weights if k not in (traits or TRAIT_KEYS)]
+    if unknown: raise ValueError(f"trait_weights={weights!r}: traits {unknown} are not in the objective {tuple(traits or TRAIT_KEYS)}")
+    if not all(v == 0 or _positive_finite(v) for v in weights.values()) or not any(v > 0 for v in weights.values()):
+        raise ValueError(f"trait_weights={weights!r}: weights must be numbers >= 0, at least one of them > 0")
 
 # %% ../nbs/05_training.ipynb #f0732d69
 def _explode_groups(groups:datasets.Dataset) -> datasets.Dataset:
@@ -103,6 +130,12 @@ def _regroup(tokenized:datasets.Dataset, traits:list[str]) -> datasets.Dataset:
         recs.append({'prompt_ids': g['full'][:n], 'chosen_ids': g['full'][n:],
                      'rejected_ids': [p[n:] + r for p, r, _ in g['parts']], 'trait_ids': [t for _, _, t in g['parts']]})
     return datasets.Dataset.from_list(recs)
+
+def _keep_traits(ds:datasets.Dataset, keep:list[str]) -> datasets.Dataset:
+    "Only the pairs of the traits in `keep`; groups left without a pair are dropped."
+    if 'trait' in ds.column_names: return ds.filter(lambda r: r['trait'] in keep)
+    ds = ds.map(lambda r: {'traits': [k for k in parse_traits(r['traits']) if k in keep]}, remove_columns=['traits'])
+    return ds.filter(lambda r: len(r['traits']) > 0)
 
 def _dataset_traits(ds) -> list[str]:
     "Traits that occur in a grouped or pairwise dataset, in canonical order."
@@ -138,21 +171,26 @@ class DataCollatorForPreferenceGroups:
                 'chosen_index': torch.tensor(chosen_index, dtype=torch.long), 'trait_ids': torch.tensor(trait_ids, dtype=torch.long)}
 
 # %% ../nbs/05_training.ipynb #185f83a4
-DUAL_STATE_NAME = 'dual_state.json'  # the multipliers' file in every checkpoint folder
+DUAL_STATE_NAME = 'dual_state.json'  # the final dual state and its history, next to the final model
 
 class NonFiniteLossError(FloatingPointError):
     "A per-trait loss became NaN or infinite: the run stops and the last checkpoint is kept."
 
-class _DualStepCallback(TrainerCallback):
-    "Run the dual step after every optimiser step (before logging and saving)."
-    def __init__(self, trainer): self.trainer = trainer
+class DualAscentCallback(TrainerCallback, ExportableState):
+    "Runs the dual step after every optimiser step; its state (the `DualState` and its history) goes into each checkpoint's trainer_state.json."
+    def __init__(self, trainer=None): self.trainer = trainer
     def on_step_end(self, args, state, control, **kwargs): self.trainer._dual_step()
+    def state(self) -> dict:
+        return {'args': {}, 'attributes': {'dual_state': self.trainer.dual_state.to_dict(), 'history': self.trainer.dual_history}}
+
+STATS = ('loss', 'count', 'margin', 'correct', 'chosen', 'rejected')  # columns of the per-trait statistics table (sums over pairs)
 
 # %% ../nbs/05_training.ipynb #d73b42f7
 class LagrangianDPOTrainer(DPOTrainer):
     "TRL's `DPOTrainer` with one sigmoid DPO loss per trait, combined by Lagrange multipliers (or a baseline weighting)."
     _tag_names = ['trl', 'dpo', 'lagrangian-dpo', 'dignified-peer']
     _name = 'LagrangianDPO'
+    loss_is_scaled_for_ga = True  # `_compute_loss` normalises by the pair counts of the whole optimiser step itself
 
     def __init__(self, model, ref_model=None, args:LagrangianDPOConfig|None=None, train_dataset=None, eval_dataset=None,
                  processing_class=None, data_collator=None, **kwargs):
@@ -160,24 +198,17 @@ class LagrangianDPOTrainer(DPOTrainer):
         if not isinstance(args, LagrangianDPOConfig): raise TypeError(f"args must be a LagrangianDPOConfig, got {type(args).__name__}")
         if train_dataset is None: raise ValueError("`train_dataset` is required")
         self.traits = list(args.traits or _dataset_traits(train_dataset))
-        self.dual_state = self._new_dual_state(args)
+        _check_trait_weights(args.trait_weights, self.traits, required=args.weighting == 'fixed')
+        self.dual_state = DualState(traits=tuple(self.traits), **args.dual_settings())
         self.dual_history: list[dict] = []
-        self._step_stats = None
+        self._step_counts = self._step_stats = None  # the current optimiser step's pair counts and statistics, all processes
+        self._log_stats = {'train': None, 'eval': None}  # statistics since the last log
         super().__init__(model, ref_model=ref_model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, data_collator=data_collator, **kwargs)
         if data_collator is None:
             self.data_collator = DataCollatorForPreferenceGroups(self._tokenizer.pad_token_id, args.max_length,
                                                                  args.truncation_mode, args.pad_to_multiple_of)
-        self.add_callback(_DualStepCallback(self))
-
-    def _new_dual_state(self, args) -> DualState:
-        lagr = args.weighting == 'lagrangian'
-        return DualState(traits=tuple(self.traits), formulation=args.formulation if lagr else 'F1', epsilon=args.epsilon,
-                         tolerances=args.tolerances, lr=args.dual_lr if lagr else 0.0, delay=args.dual_delay,
-                         lambda_max=args.lambda_max, lambda_init=args.lambda_init if lagr else 0.0,
-                         log_param=args.dual_log_param if lagr else False, log_floor=args.dual_log_floor,
-                         estimate=args.dual_estimate, window=args.dual_window,
-                         primary=args.primary_trait, normalize=args.normalize_weights)
+        self.add_callback(DualAscentCallback(self))
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         out = self._tokenize_rows(dataset, processing_class, args, dataset_name)
@@ -189,11 +220,16 @@ class LagrangianDPOTrainer(DPOTrainer):
         "Tokenise grouped or pairwise rows with TRL's own `_prepare_dataset`, then regroup."
         cols = dataset.column_names
         if 'trait_ids' in cols: return dataset
+        if 'golden' not in cols and 'trait' not in cols:
+            raise ValueError(f"{dataset_name} dataset: pairs need a `trait` column (see data.to_pairs), or pass grouped rows (data.to_groups)")
+        other = [k for k in _dataset_traits(dataset) if k not in self.traits]
+        if other and not args.drop_other_traits:
+            raise ValueError(f"{dataset_name} dataset has pairs of traits {other} outside traits={self.traits}: add them to `traits`, "
+                             f"or set drop_other_traits=True to train on {self.traits} only")
+        if other: dataset = _keep_traits(dataset, self.traits)
         if 'golden' in cols:
             tok = super()._prepare_dataset(_explode_groups(dataset), processing_class, args, dataset_name)
-            return _regroup(tok, self.traits)
-        if 'trait' not in cols: raise ValueError(f"{dataset_name} dataset: pairs need a `trait` column (see data.to_pairs), or pass grouped rows (data.to_groups)")
-        tok = super()._prepare_dataset(dataset.add_column('_group', list(range(len(dataset)))), processing_class, args, dataset_name)
+        else: tok = super()._prepare_dataset(dataset.add_column('_group', list(range(len(dataset)))), processing_class, args, dataset_name)
         return _regroup(tok, self.traits)
 
     def _warn_truncated_pairs(self, dataset, args, dataset_name):
@@ -211,8 +247,9 @@ class LagrangianDPOTrainer(DPOTrainer):
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None: self._signature_columns = ['prompt_ids', 'chosen_ids', 'rejected_ids', 'trait_ids']
 
-    def objective_weights(self, counts:torch.Tensor) -> np.ndarray:
-        "Per-trait weights w_k of this step's loss sum_k w_k L_k."
+    def objective_weights(self, counts:torch.Tensor, # per-trait pair counts of what the loss covers
+                         ) -> np.ndarray:
+        "Per-trait weights w_k of the loss sum_k w_k L_k."
         w = self.args.weighting
         if w in ('lagrangian', 'uniform'): return lagrangian_weights(self.dual_state)
         if w == 'fixed': return np.array([float(self.args.trait_weights.get(k, 0.0)) for k in self.traits])
@@ -226,8 +263,9 @@ class LagrangianDPOTrainer(DPOTrainer):
         n_chosen = batch['input_ids'].size(0) - trait_ids.numel()
         completion_mask = batch['completion_mask']
         labels = batch['input_ids'].masked_fill(completion_mask == 0, -100)
+        moe = {'output_router_logits': True} if self.aux_loss_enabled else {}  # as TRL: the MoE model then returns `aux_loss`
         outputs = model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask'], labels=labels,
-                        fused_lm_head=True, use_cache=False)
+                        fused_lm_head=True, use_cache=False, **moe)
         logps = outputs.log_probs[:, -(completion_mask.size(1) - 1):].sum(dim=1)
         ref_logps = torch.cat(self.compute_ref_log_probs(self.ref_model if self.ref_model is not None else self.model, batch))
         pc, pr = logps[:n_chosen][chosen_index], logps[n_chosen:]
@@ -236,48 +274,84 @@ class LagrangianDPOTrainer(DPOTrainer):
         return dict(losses=losses, counts=counts, chosen_logratios=(pc - rc).detach(), rejected_logratios=(pr - rr).detach(),
                     trait_ids=trait_ids, outputs=outputs, batch=batch)
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        "`Trainer`'s micro-batches of one optimiser step; counts each trait's pairs over all of them and all processes first."
+        batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        counts = torch.zeros(len(self.traits), dtype=torch.float64, device=self.accelerator.device)
+        for b in batch_samples: counts += torch.bincount(b['trait_ids'].to(counts.device), minlength=len(self.traits)).double()
+        self._step_counts, self._step_stats = self.accelerator.reduce(counts, reduction='sum'), None  # a fresh step
+        return batch_samples, num_items
+
     def _compute_loss(self, model, inputs, return_outputs=False):
         mode = 'train' if self.model.training else 'eval'
         f = self.per_trait_forward(model, inputs)
-        losses = f['losses']
-        w = torch.as_tensor(self.objective_weights(f['counts']), dtype=losses.dtype, device=losses.device)
-        loss = (w * losses).sum()
-        self._record(mode, losses.detach(), f['counts'], f['chosen_logratios'], f['rejected_logratios'], f['trait_ids'], w, f['batch'])
+        in_step = mode == 'train' and self._step_counts is not None
+        n = self._step_counts.to(f['losses'].dtype) if in_step else f['counts']
+        w = torch.as_tensor(self.objective_weights(n), dtype=f['losses'].dtype, device=f['losses'].device)
+        loss = self.loss_weights[0] * (w * f['losses'] * f['counts'] / n.clamp(min=1)).sum()
+        if in_step: loss = loss * self.accelerator.num_processes  # DDP averages the processes' gradients: this makes it their sum
+        if self.aux_loss_enabled:
+            aux = f['outputs'].aux_loss
+            loss = loss + self.router_aux_loss_coef * aux / (self.current_gradient_accumulation_steps if in_step else 1)
+            self._metrics[mode]['aux_loss'].append(self.accelerator.gather_for_metrics(aux.detach()).mean().item())
+        self._record(mode, f, in_step)
         return (loss, f['outputs']) if return_outputs else loss
 
-    def _record(self, mode, losses, counts, chosen_logratios, rejected_logratios, trait_ids, w, batch):
-        K = len(self.traits)
-        margins = self.beta * (chosen_logratios - rejected_logratios)
-        stats = torch.zeros(K, 4, dtype=torch.float64, device=losses.device)
-        stats[:, 0] = (losses * counts).double(); stats[:, 1] = counts.double()
-        stats[:, 2].index_add_(0, trait_ids, margins.double()); stats[:, 3].index_add_(0, trait_ids, (margins > 0).double())
-        stats = self.accelerator.reduce(stats, reduction='sum')
-        if mode == 'train':
-            if not torch.isfinite(stats).all():
-                last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
-                per = {k: float(stats[i, 0] / stats[i, 1]) for i, k in enumerate(self.traits) if stats[i, 1] > 0}
-                raise NonFiniteLossError(f"non-finite DPO loss at step {self.state.global_step + 1}: per-trait losses {per}, "
-                                         f"multipliers {dict(zip(self.dual_state.names, self.dual_state.multipliers))}. "
-                                         f"Training stopped before the update; last good checkpoint: {last or 'none saved yet'}")
-            self._step_stats = stats if self._step_stats is None else self._step_stats + stats
-        m = self._metrics[mode]
+    def _record(self, mode, f, in_step):
+        "All-reduce the micro-batch's per-trait sums (one tensor); stop on a non-finite loss; add them to the step's and the log's totals."
+        K, t = len(self.traits), f['trait_ids']
+        margins = self.beta * (f['chosen_logratios'] - f['rejected_logratios'])
+        per_pair = [margins, (margins > 0).to(margins.dtype), self.beta * f['chosen_logratios'], self.beta * f['rejected_logratios']]
+        stats = torch.stack([f['losses'].detach() * f['counts'], f['counts']] + [torch.zeros_like(f['counts']).index_add(0, t, v) for v in per_pair], 1)
+        tokens = f['batch']['attention_mask'].sum()[None].to(stats.dtype)
+        flat = self.accelerator.reduce(torch.cat([stats.flatten(), tokens]).double(), reduction='sum')
+        stats, tokens = flat[:-1].view(K, len(STATS)), flat[-1]
+        if mode == 'train' and not torch.isfinite(stats).all():  # the same reduced numbers everywhere: every process stops
+            last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+            per = {k: float(stats[i, 0] / stats[i, 1]) for i, k in enumerate(self.traits) if stats[i, 1] > 0}
+            raise NonFiniteLossError(f"non-finite DPO loss at step {self.state.global_step + 1}: per-trait losses {per}, "
+                                     f"multipliers {dict(zip(self.dual_state.names, self.dual_state.multipliers))}. "
+                                     f"Training stopped before the update; last good checkpoint: {last or 'none saved yet'}")
+        if in_step: self._step_stats = stats if self._step_stats is None else self._step_stats + stats
+        self._log_stats[mode] = stats if self._log_stats[mode] is None else self._log_stats[mode] + stats
+        if mode == 'train': self._total_train_tokens += int(tokens.item())
+
+    def stat_metrics(self, stats:torch.Tensor, # per-trait sums, columns `STATS`, reduced across processes
+                    ) -> dict[str, float]:
+        "Per-trait and overall metrics from summed statistics: losses, weights, multipliers, reward margins and accuracies."
+        s = stats.double().cpu().numpy(); n, tot = s[:, 1], s.sum(0)
+        w, m = self.objective_weights(torch.as_tensor(n)), {}
         for i, k in enumerate(self.traits):
-            m[f'weight/{k}'].append(float(w[i]))
-            if stats[i, 1] > 0:
-                m[f'loss/{k}'].append(float(stats[i, 0] / stats[i, 1]))
-                m[f'rewards/margins/{k}'].append(float(stats[i, 2] / stats[i, 1]))
-                m[f'rewards/accuracies/{k}'].append(float(stats[i, 3] / stats[i, 1]))
-        for name, lam in zip(self.dual_state.names, self.dual_state.multipliers): m[f'lambda/{name}'].append(lam)
-        tot = stats.sum(0)
-        m['rewards/margins'].append(float(tot[2] / tot[1])); m['rewards/accuracies'].append(float(tot[3] / tot[1]))
-        m['rewards/chosen'].append(self.accelerator.gather(self.beta * chosen_logratios).mean().item())
-        m['rewards/rejected'].append(self.accelerator.gather(self.beta * rejected_logratios).mean().item())
-        if mode == 'train':
-            self._total_train_tokens += self.accelerator.gather_for_metrics(batch['attention_mask'].sum()).sum().item()
-        m['num_tokens'] = [self._total_train_tokens]
+            m[f'weight/{k}'] = float(w[i])
+            if n[i] > 0: m.update({f'loss/{k}': s[i, 0] / n[i], f'rewards/margins/{k}': s[i, 2] / n[i], f'rewards/accuracies/{k}': s[i, 3] / n[i]})
+        m.update({f'lambda/{c}': v for c, v in zip(self.dual_state.names, self.dual_state.multipliers)})
+        if tot[1] > 0: m.update({'rewards/chosen': tot[4] / tot[1], 'rewards/rejected': tot[5] / tot[1],
+                                 'rewards/margins': tot[2] / tot[1], 'rewards/accuracies': tot[3] / tot[1]})
+        return {k: float(v) for k, v in m.items()}
+
+    def objective(self, stats:torch.Tensor) -> float:
+        "The loss sum_k w_k L_k of summed statistics (traits without a pair contribute 0)."
+        s = stats.double().cpu().numpy(); w = self.objective_weights(torch.as_tensor(s[:, 1]))
+        return float(self.loss_weights[0] * sum(w[i] * s[i, 0] / s[i, 1] for i in range(len(w)) if s[i, 1] > 0))
+
+    def log(self, logs:dict, start_time=None):
+        "TRL's `log`, with the per-trait metrics computed from the summed statistics since the last log."
+        mode = 'train' if self.model.training else 'eval'
+        stats, self._log_stats[mode] = self._log_stats[mode], None
+        if stats is not None: self._metrics[mode].update({k: [v] for k, v in self.stat_metrics(stats).items()})
+        if mode == 'train' and stats is not None: self._metrics[mode]['num_tokens'] = [self._total_train_tokens]
+        super().log(logs, start_time)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix='eval'):
+        "`Trainer`'s evaluation loop; `<prefix>_loss` is sum_k w_k L_k on the whole evaluation set, not a mean of per-batch losses."
+        self._log_stats['eval'] = None
+        out = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self._log_stats['eval'] is not None: out.metrics[f'{metric_key_prefix}_loss'] = self.objective(self._log_stats['eval'])
+        return out
 
     def _dual_step(self):
-        stats, self._step_stats = self._step_stats, None
+        "The dual step on the optimiser step's reduced totals (every process applies the same update), and its history record."
+        stats, self._step_stats, self._step_counts = self._step_stats, None, None
         if stats is None: return
         sums, counts = stats[:, 0].cpu(), stats[:, 1].cpu()
         self.dual_state.update(sums, counts)
@@ -289,24 +363,27 @@ class LagrangianDPOTrainer(DPOTrainer):
         rec.update({f'lambda/{n}': v for n, v in zip(self.dual_state.names, self.dual_state.multipliers)})
         self.dual_history.append(rec)
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            folder = Path(self._get_output_dir(trial=trial))/f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            (folder/DUAL_STATE_NAME).write_text(json.dumps({'dual_state': self.dual_state.to_dict(), 'history': self.dual_history}))
-
     def load_dual_state(self, checkpoint:str|Path):
-        "Restore the multipliers and their history from a checkpoint folder."
-        f = Path(checkpoint)/DUAL_STATE_NAME
-        if not f.exists(): raise FileNotFoundError(f"{checkpoint} has no {DUAL_STATE_NAME}: cannot restore the Lagrange multipliers")
-        d = json.loads(f.read_text())
-        self.dual_state, self.dual_history = DualState.from_dict(d['dual_state']), d['history']
+        "Resume the dual state from a checkpoint folder: its state (multipliers, estimates, history), this run's settings (each change logged)."
+        f = Path(checkpoint)/TRAINER_STATE_NAME
+        saved = TrainerState.load_from_json(str(f)).stateful_callbacks.get(DualAscentCallback.__name__) if f.exists() else None
+        if not saved: raise FileNotFoundError(f"{checkpoint} has no {DualAscentCallback.__name__} state in {TRAINER_STATE_NAME}: cannot restore the Lagrange multipliers")
+        for name, (old, new) in self.dual_state.resume_from(saved['attributes']['dual_state']).items():
+            get_logger('training').warning('resuming from %s: %s=%r from this run\'s config replaces the checkpoint\'s %r',
+                                           checkpoint, _CONFIG_NAMES.get(name, name), new, old)
+        self.dual_history = list(saved['attributes']['history'])
+
+    def _load_callback_state(self):
+        super()._load_callback_state()
+        for cb in self.callback_handler.callbacks:  # `restore_callback_states_from_checkpoint` rebuilds callbacks without their trainer
+            if isinstance(cb, DualAscentCallback): cb.trainer = self
 
     def train(self, resume_from_checkpoint:str|bool|None=None, **kwargs):
         "TRL's `train`, restoring the multipliers first when resuming."
         if resume_from_checkpoint is True:
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None: raise ValueError(f"no checkpoint found in {self.args.output_dir}")
+        self._step_counts = self._step_stats = None
         if resume_from_checkpoint: self.load_dual_state(resume_from_checkpoint)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
@@ -403,11 +480,13 @@ def train(method:str='lagdpo', # 'lagdpo', 'uniform', 'fixed', 'pooled' or 'sft'
     log.info('training %s on %d rows (%s) into %s', method, len(rows), split, output_dir)
     result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     final = output_dir/'final'
-    trainer.save_model(str(final)); tok.save_pretrained(str(final))
+    trainer.save_model(str(final))  # on every process: a sharded model is gathered
     hist = history_frame(trainer)
-    hist.to_csv(output_dir/'history.csv', index=False); hist.to_json(output_dir/'history.jsonl', orient='records', lines=True)
     dual = trainer.dual_state.to_dict() if isinstance(trainer, LagrangianDPOTrainer) else None
-    if dual is not None: (output_dir/DUAL_STATE_NAME).write_text(json.dumps({'dual_state': dual, 'history': trainer.dual_history}))
+    if trainer.args.should_save:  # one writer of each file in a multi-process run
+        tok.save_pretrained(str(final))
+        hist.to_csv(output_dir/'history.csv', index=False); hist.to_json(output_dir/'history.jsonl', orient='records', lines=True)
+        if dual is not None: (output_dir/DUAL_STATE_NAME).write_text(json.dumps({'dual_state': dual, 'history': trainer.dual_history}))
     log.info('trained %s in %.1fs; final model in %s', method, time.time() - t0, final)
     return {'method': method, 'output_dir': output_dir, 'model_path': final, 'history': hist,
             'history_path': output_dir/'history.csv', 'dual_state': dual, 'metrics': result.metrics,
@@ -434,18 +513,24 @@ def load_train_config(config:str|Path|None=None, # a TRL-style YAML file of both
     "Parse a YAML config plus flags into `(TrainScriptArguments, LagrangianDPOConfig)`."
     from trl import TrlParser
     argv = (['--config', str(config)] if config else []) + list(overrides)
-    return TrlParser((TrainScriptArguments, LagrangianDPOConfig)).parse_args_and_config(argv)
+    # no abbreviations: argparse would read a typo such as --max_step as --max_steps
+    script, cfg, rest = TrlParser((TrainScriptArguments, LagrangianDPOConfig), allow_abbrev=False).parse_args_and_config(argv, return_remaining_strings=True)
+    if rest: raise ValueError(f"unknown arguments {' '.join(rest)} (flags are spelt out in full; see --help)")
+    return script, cfg
 
 def train_cli(argv:list[str]|None=None, # arguments after `dignified-peer train`, e.g. ['--config', 'x.yaml', '--epsilon', '0.3']
              ) -> dict:
     "Run `train` from command-line arguments (the `dignified-peer train` subcommand)."
     import sys
-    script, cfg = load_train_config(None, sys.argv[1:] if argv is None else argv)
+    try: script, cfg = load_train_config(None, sys.argv[1:] if argv is None else argv)
+    except ValueError as e: raise SystemExit(f"dignified-peer train: {e}") from None
     peft = None
     if script.use_peft:
         peft = {'r': script.lora_r, 'lora_alpha': script.lora_alpha, 'lora_dropout': script.lora_dropout}
         if script.lora_target_modules: peft['target_modules'] = script.lora_target_modules
     # TrainingArguments' own resume_from_checkpoint: a folder, or 'last' for the newest checkpoint in output_dir
     resume = True if cfg.resume_from_checkpoint == 'last' else cfg.resume_from_checkpoint
-    return train(script.method, data=script.data, model=script.model, split=script.split, model_size=script.model_size,
-                 peft=peft, args=cfg, resume_from_checkpoint=resume)
+    try: return train(script.method, data=script.data, model=script.model, split=script.split, model_size=script.model_size,
+                      peft=peft, args=cfg, resume_from_checkpoint=resume)
+    finally:  # under `accelerate launch`: leave the process group cleanly, so every process exits 0
+        if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
