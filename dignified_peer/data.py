@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import hashlib
 import io
 import json
 import math
@@ -27,10 +28,10 @@ from .core import TRAIT_KEYS, TraitParseError, data_dir, get_logger, mask_label,
 # %% auto #0
 __all__ = ['REJECT_COLUMNS', 'CARD_COLUMNS', 'TEXT_COLUMNS', 'MINI_DATASET', 'HUB_DATASET', 'READERS', 'PROBLEM_KINDS',
            'FEATURES', 'GROUP_FEATURES', 'PersonaKnobFileError', 'read_table', 'atomic_path', 'atomic_write',
-           'RunFileError', 'read_jsonl', 'append_jsonl', 'Problem', 'ValidationReport', 'PersonaKnobValidationError',
-           'validate_personaknob', 'PersonaKnobRow', 'is_hub_id', 'load_personaknob', 'save_personaknob',
-           'OrderConflictError', 'PreferenceOrder', 'order_relation', 'hasse_edges', 'find_cycle', 'merge_orders',
-           'plot_order', 'to_pairs', 'to_groups', 'pairs_to_groups', 'length_ratio', 'dataset_stats',
+           'RunFileError', 'read_jsonl', 'append_jsonl', 'content_hash', 'Problem', 'ValidationReport',
+           'PersonaKnobValidationError', 'validate_personaknob', 'PersonaKnobRow', 'is_hub_id', 'load_personaknob',
+           'save_personaknob', 'OrderConflictError', 'PreferenceOrder', 'order_relation', 'hasse_edges', 'find_cycle',
+           'merge_orders', 'plot_order', 'to_pairs', 'to_groups', 'pairs_to_groups', 'length_ratio', 'dataset_stats',
            'plot_dataset_distribution']
 
 # %% ../nbs/01_data.ipynb #77c1a212
@@ -191,6 +192,28 @@ def append_jsonl(path:str|Path, # a JSON Lines file, created with its folder whe
     with open(p, 'a', encoding='utf-8') as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + '\n' for r in records); f.flush(); os.fsync(f.fileno())
     return p
+
+# %% ../nbs/01_data.ipynb #79f7bc73
+_HASHES: dict = {}  # (path, size, mtime_ns) -> sha256, per process
+
+def _file_hash(p:Path) -> str:
+    st = p.stat()
+    k = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if k not in _HASHES:
+        h = hashlib.sha256()
+        with open(p, 'rb') as f:
+            for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
+        _HASHES[k] = h.hexdigest()
+    return _HASHES[k]
+
+def content_hash(path:str|Path, # a file or a folder
+                ) -> str:
+    "SHA-256 of a file's bytes, or of a folder's relative file names and their hashes; 'missing' when absent."
+    p = Path(path)
+    if p.is_file(): return _file_hash(p)
+    if not p.is_dir(): return 'missing'
+    files = sorted(f for f in p.rglob('*') if f.is_file() and not (f.name.startswith('.') and '.tmp' in f.name))
+    return hashlib.sha256(json.dumps([(f.relative_to(p).as_posix(), _file_hash(f)) for f in files]).encode()).hexdigest()
 
 # %% ../nbs/01_data.ipynb #d8b1ef44
 PROBLEM_KINDS = {
