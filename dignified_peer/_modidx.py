@@ -346,6 +346,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                         'dignified_peer.figures.read_run_table': ( 'figures.html#read_run_table',
                                                                                    'dignified_peer/figures.py'),
                                         'dignified_peer.figures.refit_mfrm': ('figures.html#refit_mfrm', 'dignified_peer/figures.py'),
+                                        'dignified_peer.figures.run_files': ('figures.html#run_files', 'dignified_peer/figures.py'),
                                         'dignified_peer.figures.run_path': ('figures.html#run_path', 'dignified_peer/figures.py'),
                                         'dignified_peer.figures.save_figure': ('figures.html#save_figure', 'dignified_peer/figures.py'),
                                         'dignified_peer.figures.training_curves': ( 'figures.html#training_curves',

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -17,8 +18,9 @@ from .core import EPSILON, TRAIT_KEYS, TRAITS, get_logger, parse_traits
 from .data import PreferenceOrder, atomic_path, load_personaknob, plot_dataset_distribution, plot_order
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'METHOD_ORDER', 'TRAIT_COLORS', 'run_path', 'method_colors', 'save_figure', 'training_curves',
-           'gradient_norm_figure', 'instance_figure', 'read_run_table', 'refit_mfrm', 'build_figures']
+__all__ = ['RUN_FILES', 'METHOD_ORDER', 'TRAIT_COLORS', 'run_path', 'run_files', 'method_colors', 'save_figure',
+           'training_curves', 'gradient_norm_figure', 'instance_figure', 'read_run_table', 'refit_mfrm',
+           'build_figures']
 
 # %% ../nbs/08_figures.ipynb #f0150bcd
 RUN_FILES: dict[str, str] = {
@@ -31,7 +33,7 @@ RUN_FILES: dict[str, str] = {
     'responses': 'responses/responses.jsonl', 'responses_table': 'responses/responses.csv',
     'completion_cache': 'cache/completions.sqlite', 'judge_cache': 'cache/judges.sqlite',
     'ratings_cache': 'ratings/ratings.jsonl', 'ratings': 'ratings/ratings.csv',
-    'mfrm': 'mfrm/fit.json', 'mfrm_table': 'mfrm/{name}.csv',
+    'mfrm': 'mfrm/fit.json', 'mfrm_table': 'mfrm/{name}.csv', 'mfrm_error': 'mfrm/error.txt',
     'xstest': 'benchmarks/xstest.csv', 'xstest_responses': 'benchmarks/xstest_responses.jsonl',
     'sycophancy': 'benchmarks/sycophancy.csv', 'benchmarks': 'tables/benchmarks.csv',
     'gradnorm': 'tables/gradient_norms.csv',
@@ -45,6 +47,17 @@ def run_path(run:str|Path, # the run directory
     "Where file `key` of a run lives."
     if key not in RUN_FILES: raise KeyError(f"unknown run file {key!r}; known: {', '.join(RUN_FILES)}")
     return Path(run)/RUN_FILES[key].format(**fields)
+
+def run_files(run:str|Path, # the run directory
+              key:str, # a key of RUN_FILES; its placeholders match any value
+             ) -> list[Path]:
+    "Every existing file of `key` (a folder gives the files inside it)."
+    if key not in RUN_FILES: raise KeyError(f"unknown run file {key!r}; known: {', '.join(RUN_FILES)}")
+    pattern = re.sub(r'\{\w+\}', '*', RUN_FILES[key])
+    out = []
+    for p in sorted(Path(run).glob(pattern)):
+        out += sorted(f for f in p.rglob('*') if f.is_file()) if p.is_dir() else [p]
+    return out
 
 # %% ../nbs/08_figures.ipynb #aea8453a
 METHOD_ORDER = ('sft', 'pooled', 'uniform', 'fixed', 'lagdpo')
