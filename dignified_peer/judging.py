@@ -1066,7 +1066,7 @@ def benchmark_summary(*frames:pd.DataFrame, # details (with a `benchmark` column
     out = []
     for f in frames:
         if f is None or len(f) == 0: continue
-        if {'metric', 'value'} <= set(f.columns): out.append(f[SUMMARY_COLUMNS]); continue
+        if {'metric', 'value'} <= set(f.columns): out.append(f.reindex(columns=SUMMARY_COLUMNS)); continue  # older tables lack the intervals
         for b, d in f.groupby('benchmark', sort=False):
             if b not in _METRICS: raise ValueError(f'unknown benchmark {b!r}; known: {sorted(_METRICS)}')
             out.append(_METRICS[b](d))

@@ -25,12 +25,12 @@ from .data import MINI_DATASET, dataset_stats, is_hub_id, load_personaknob, save
 from .figures import build_figures, read_run_table, run_path
 
 # %% auto #0
-__all__ = ['METHOD_NAMES', 'OFFLINE_JUDGES', 'DEFAULT_CONFIG', 'STAGE_CONFIG', 'STAGES', 'FIGURE_CAPTIONS', 'STAGE_FUNCS',
-           'STAGE_COMMANDS', 'ConfigError', 'load_config', 'check_config', 'stage_fingerprints', 'Pipeline',
-           'stage_data', 'method_order', 'base_model', 'init_model', 'stage_train', 'trained_models', 'stage_select',
-           'stage_generate', 'make_judges', 'read_responses', 'stage_judge', 'judge_scale', 'stage_calibrate',
-           'stage_benchmark', 'stage_gradnorm', 'stage_figures', 'md_table', 'render_markdown', 'render_html',
-           'report_blocks', 'stage_report', 'build_parser', 'main']
+__all__ = ['METHOD_NAMES', 'OFFLINE_JUDGES', 'DEFAULT_CONFIG', 'STAGE_CONFIG', 'STAGES', 'FIGURE_CAPTIONS', 'SELECTION_HEADLINE',
+           'STAGE_FUNCS', 'STAGE_COMMANDS', 'ConfigError', 'load_config', 'check_config', 'stage_fingerprints',
+           'Pipeline', 'stage_data', 'method_order', 'base_model', 'init_model', 'stage_train', 'trained_models',
+           'stage_select', 'stage_generate', 'make_judges', 'read_responses', 'stage_judge', 'judge_scale',
+           'stage_calibrate', 'stage_benchmark', 'stage_gradnorm', 'stage_figures', 'md_table', 'render_markdown',
+           'render_html', 'results_table', 'report_blocks', 'stage_report', 'build_parser', 'main']
 
 # %% ../nbs/09_pipeline.ipynb #770340a0
 METHOD_NAMES = ('base', 'sft', 'pooled', 'uniform', 'fixed', 'lagdpo')  # 'base': the untrained starting model, evaluated as is
@@ -409,9 +409,11 @@ def stage_gradnorm(run:Path, cfg:dict):
     final, at_peak = as_lambdas(state.lambdas), as_lambdas(peak[cols].fillna(0).values)
     policy, tok = load_model(run_path(run, 'model_final', method='lagdpo'))
     ref, _ = load_model(init_model(run, cfg, 'lagdpo'))
-    pairs = to_pairs(_split_rows(run, 'train')).to_pandas().groupby('trait', sort=False).head(8)
+    real = cfg['model']['name'] != 'tiny'  # one differentiable forward over every pair: keep it small on a real vocabulary
+    pairs = to_pairs(_split_rows(run, 'train')).to_pandas().groupby('trait', sort=False).head(2 if real else 8)
+    params = [p.requires_grad_() for n, p in policy.named_parameters() if 'lora_' in n] if cfg['model'].get('peft') else None
     table = gradient_share_table(policy, ref, tok, pairs, {'lagrangian': final, f"lagrangian (peak, step {int(peak['step'])})": at_peak},
-                                 beta=cfg['train']['beta'])
+                                 beta=cfg['train']['beta'], params=params)
     table.to_csv(run_path(run, 'gradnorm'), index=False)
     print(table.round(4).to_string(index=False))
 
@@ -483,16 +485,48 @@ def _versions() -> pd.DataFrame:
         except md.PackageNotFoundError: return '-'
     return pd.DataFrame({'package': ['python'] + pk, 'version': [platform.python_version()] + [v(p) for p in pk]})
 
+# %% ../nbs/09_pipeline.ipynb #3ae52704
+SELECTION_HEADLINE = 'selection_logp_per_token'  # the selection reading the results table shows
+
+def _share_cell(r) -> str:
+    if pd.isna(r['value']): return ''
+    ci = f" [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" if 'ci_low' in r and pd.notna(r.get('ci_low')) else ''
+    return f"{r['value']:.2f}{ci}"
+
+def results_table(run:Path, cfg:dict) -> pd.DataFrame|None:
+    "Per model: selection accuracy per trait (95 % CI), Dignity and Peer (S.E.), XSTest rates and sycophancy rate, as text cells."
+    sel, bm = read_run_table(run, 'selection'), read_run_table(run, 'benchmarks')
+    sc = read_run_table(run, 'mfrm_table', name='scores')
+    if sel is None: return None
+    rows = []
+    for m in method_order(cfg):
+        row = {'model': m}
+        s = sel[(sel.model == m) & (sel.metric == SELECTION_HEADLINE)].set_index('trait')
+        for k in TRAIT_KEYS: row[f'select {k}'] = _share_cell(s.loc[k]) if k in s.index else ''
+        for score in ('Dignity', 'Peer'):
+            r = sc[(sc.model == m) & (sc.score == score)] if sc is not None else pd.DataFrame()
+            row[score] = f"{r.measure.iloc[0]:+.2f} ({r.se.iloc[0]:.2f})" if len(r) and pd.notna(r.measure.iloc[0]) else ''
+        for metric, label in (('safe_compliance', 'XSTest safe compliance'), ('unsafe_refusal', 'XSTest unsafe refusal'),
+                              ('sycophancy_rate', 'sycophancy rate')):
+            b = bm[(bm.model == m) & (bm.metric == metric)] if bm is not None else pd.DataFrame()
+            row[label] = _share_cell(b.iloc[0]) if len(b) else ''
+        rows.append(row)
+    return pd.DataFrame(rows)
+
 # %% ../nbs/09_pipeline.ipynb #307444f6
 def report_blocks(run:Path, cfg:dict) -> list[tuple]:
     "What the report says, as blocks, from the run directory's files."
     B = [('h1', f"Dignified Peer run `{Path(run).name}`"),
          ('p', f"Written {time.strftime('%Y-%m-%d %H:%M')} by dignified-peer. Model: {cfg['model']['name']} "
-               f"(tiny size {cfg['model']['tiny_size']} when 'tiny'); data: {cfg['data']['source']}; seed {cfg['run']['seed']}; "
+               f"{'(tiny size ' + str(cfg['model']['tiny_size']) + ')' if cfg['model']['name'] == 'tiny' else ''}; data: {cfg['data']['source']}; seed {cfg['run']['seed']}; "
                f"methods: {', '.join(method_order(cfg))}; epsilon = {cfg['train']['epsilon']}.")]
     if cfg['model']['name'] == 'tiny':
         B.append(('p', 'This run uses the offline tiny model and offline judges: it shows the pipeline working end to end; '
                        'its numbers say nothing about the paper\'s models.'))
+    if (res := results_table(run, cfg)) is not None:
+        B += [('h2', 'Results'), ('p', f"Per model: PersonaKnob selection accuracy per trait ({SELECTION_HEADLINE}, test split) with 95 % "
+                                        "Wilson intervals; MFRM Dignity and Peer scores (logits, S.E.); XSTest and sycophancy rates (95 % intervals)."),
+              ('table', res)]
     st = json.loads(run_path(run, 'stages').read_text()) if run_path(run, 'stages').exists() else {}
     B += [('h2', 'What ran'), ('table', pd.DataFrame([{'stage': s, 'seconds': v['seconds'], 'finished': v['finished']} for s, v in st.items()])),
           ('table', _versions()), ('code', yaml.safe_dump(cfg, sort_keys=False))]
