@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from .backends import OpenAIBackend
-from .core import EPSILON, TINY_SIZES
+from .core import EPSILON, NAMED_MODELS, TINY_SIZES, ModelNotInstalled, gguf_file
 from .data import MINI_DATASET, is_hub_id
 from .judging import SCALE
 from .lagrangian import DualState
@@ -48,7 +48,7 @@ def _default(fn, name:str):
     "The default of parameter `name` of `fn`: one home for each default."
     return inspect.signature(fn).parameters[name].default
 
-METHOD_NAMES = ('sft', 'pooled', 'uniform', 'fixed', 'lagdpo')
+METHOD_NAMES = ('base', 'sft', 'pooled', 'uniform', 'fixed', 'lagdpo')  # 'base': the untrained starting model, evaluated as is
 OFFLINE_JUDGES = ('embedding', 'lexical', 'marker')
 JUDGE_KINDS = OFFLINE_JUDGES + ('openai',)
 RUN_NAME = r'[A-Za-z0-9][A-Za-z0-9_.-]*'  # one path component: no separator, not '.' or '..', not hidden
@@ -275,6 +275,9 @@ def check_config(cfg:Config) -> Config:
             if k not in known:
                 close = difflib.get_close_matches(k, sorted(known), n=1)
                 raise ConfigError(f"unknown setting train.extra.{k}: not a LagrangianDPOConfig field" + (f"; did you mean {close[0]!r}?" if close else ''))
+    if cfg.model.name in NAMED_MODELS:  # a named model must be installed (its wheel) before anything runs
+        try: gguf_file(NAMED_MODELS[cfg.model.name])
+        except ModelNotInstalled as e: raise ConfigError(str(e)) from None
     src = cfg.data.source
     if not Path(src).exists() and not is_hub_id(src):
         raise ConfigError(f"data.source not found: {src} (a file, a folder or a Hub id such as qisein/PersonaKnob)")
