@@ -20,7 +20,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .core import TRAITS, TRAIT_KEYS, data_dir, parse_traits
-from .data import REJECT_COLUMNS, PersonaKnobRow, _missing, _text
+from .data import REJECT_COLUMNS, PersonaKnobRow, _missing, _text, append_jsonl, read_jsonl
 
 # %% auto #0
 __all__ = ['RESPONSE_COLUMNS', 'SCALE', 'TRAIT_EXTREMES', 'RATING_COLUMNS', 'JUDGE_SYSTEM', 'TRAIT_MARKERS', 'SUMMARY_COLUMNS',
@@ -104,10 +104,7 @@ def _backend_name(backend) -> str:
 # %% ../nbs/06_judging.ipynb #b18735ba
 RESPONSE_COLUMNS = ['model', 'item', 'prompt', 'response', 'finish_reason', 'error', 'cache_key']
 
-def _read_jsonl(path) -> list[dict]:
-    p = Path(path)
-    if not p.exists(): return []
-    return [json.loads(l) for l in p.read_text(encoding='utf-8').splitlines() if l.strip()]
+def _read_jsonl(path) -> list[dict]: return read_jsonl(path)  # a torn last line is dropped, with a warning naming the file
 
 def generate_responses(backend, # anything with `.complete` (see `backend_for`)
                        items, # PersonaKnob rows or a benchmark table: needs `prompt` and an id (`item`, `row_id` or `id`)
@@ -125,9 +122,13 @@ def generate_responses(backend, # anything with `.complete` (see `backend_for`)
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f'duplicate item id {dup!r}: every item needs its own id (its response would overwrite the other)')
-    done = {d['item']: d for d in _read_jsonl(out) if d.get('model') == model_name and d.get('response') is not None} if out else {}
-    pending = [(i, p) for i, p in todo if i not in done or done[i]['prompt'] != p]
     head = [{'role': 'system', 'content': system}] if system else []
+    # a response is reused only for the very request it answered: same model content, messages and sampling
+    keyer = getattr(backend, 'key', None)
+    want = {i: keyer(head + [{'role': 'user', 'content': p}], sampling) for i, p in todo} if keyer else {}
+    done = {d['item']: d for d in _read_jsonl(out) if d.get('model') == model_name and d.get('response') is not None
+            and (not keyer or d.get('cache_key') == want.get(d['item']))} if out else {}
+    pending = [(i, p) for i, p in todo if i not in done or done[i]['prompt'] != p]
     if out: Path(out).parent.mkdir(parents=True, exist_ok=True)
     for s in range(0, len(pending), batch_size):
         chunk = pending[s:s+batch_size]
@@ -135,8 +136,7 @@ def generate_responses(backend, # anything with `.complete` (see `backend_for`)
         new = [dict(model=model_name, item=i, prompt=p, response=c.text, finish_reason=getattr(c, 'finish_reason', None),
                     error=getattr(c, 'error', None), cache_key=getattr(c, 'cache_key', None)) for (i, p), c in zip(chunk, comps)]
         for d in new: done[d['item']] = d
-        if out:
-            with open(out, 'a', encoding='utf-8') as f: f.writelines(json.dumps(d) + '\n' for d in new)
+        if out: append_jsonl(out, new)
     return pd.DataFrame([done[i] for i, _ in todo], columns=RESPONSE_COLUMNS)
 
 # %% ../nbs/06_judging.ipynb #294da25b
@@ -270,8 +270,9 @@ class LLMJudge:
         self.rubrics = {k: rubric(k, self.scale) for k in TRAIT_KEYS}
 
     def key(self, req:RatingRequest) -> str:
-        "The cache key of one rating: the judge's configuration and the messages it sends."
-        return rating_key('llm', self.name, self.scale, self.sampling, judge_messages(req, self.rubrics[req.trait], self.with_golden))
+        "The cache key of one rating: what answers (endpoint and model), the judge's settings and the messages, rubric included."
+        who = getattr(self.backend, 'identity', None) or _backend_name(self.backend)
+        return rating_key('llm', self.name, who, self.scale, self.sampling, judge_messages(req, self.rubrics[req.trait], self.with_golden))
 
     def rate(self, reqs:Sequence[RatingRequest]) -> list[Rating]:
         "Rate every request; one `.complete` call per attempt for all requests still unread."
@@ -524,9 +525,7 @@ class JudgePanel:
                     fresh.append(d)
                 else: d = {**old[k], 'model': r.model, 'item': r.item, 'trait': r.trait, 'judge': j.name}
                 recs.append(d)
-            if self.cache and fresh:
-                Path(self.cache).parent.mkdir(parents=True, exist_ok=True)
-                with open(self.cache, 'a', encoding='utf-8') as f: f.writelines(json.dumps(d) + '\n' for d in fresh)
+            if self.cache and fresh: append_jsonl(self.cache, fresh)
         df = pd.DataFrame(recs, columns=RATING_COLUMNS)
         df['score'] = pd.to_numeric(df['score'], errors='raise').astype('float64')
         return df

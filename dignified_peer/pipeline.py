@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import argparse
 import base64
-import copy
 import hashlib
 import html
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,189 +20,171 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .core import NAMED_MODELS, ModelNotInstalled, gguf_file, resolve_model, EPSILON, TRAIT_KEYS, get_logger, load_model, make_run_dir, n_params, seed_everything, setup_logging, tiny_model
-from .data import MINI_DATASET, dataset_stats, is_hub_id, load_personaknob, save_personaknob
-from .figures import build_figures, read_run_table, run_path
+from .core import resolve_model, EPSILON, TRAIT_KEYS, get_logger, load_model, make_run_dir, n_params, seed_everything, setup_logging, tiny_model
+from .backends import EndpointAuthError
+from .config import FLAGS, METHOD_NAMES, Config, ConfigError, load_config
+from .data import (PersonaKnobFileError, PersonaKnobValidationError, RunFileError, atomic_path, atomic_write, content_hash,
+                                 dataset_stats, load_personaknob, save_personaknob)
+from .figures import build_figures, read_run_table, run_files, run_path
 
 # %% auto #0
-__all__ = ['METHOD_NAMES', 'OFFLINE_JUDGES', 'DEFAULT_CONFIG', 'STAGE_CONFIG', 'STAGES', 'FIGURE_CAPTIONS', 'SELECTION_HEADLINE',
-           'STAGE_FUNCS', 'STAGE_COMMANDS', 'ConfigError', 'load_config', 'check_config', 'stage_fingerprints',
-           'Pipeline', 'stage_data', 'method_order', 'base_model', 'init_model', 'stage_train', 'trained_models',
-           'stage_select', 'stage_generate', 'make_judges', 'read_responses', 'stage_judge', 'judge_scale',
+__all__ = ['DEMO_SETS', 'STAGE_SETTINGS', 'STAGES', 'STAGE_NEEDS', 'STAGE_OUTPUTS', 'SFT_SETTINGS', 'PREFERENCE_SETTINGS',
+           'FIGURE_CAPTIONS', 'SELECTION_HEADLINE', 'STAGE_FUNCS', 'STAGE_COMMANDS', 'USER_ERRORS', 'dependents',
+           'StageError', 'RunLockedError', 'RunLock', 'Pipeline', 'stage_data', 'method_order', 'base_model',
+           'init_model', 'method_identity', 'stage_train', 'trained_models', 'stage_select', 'stage_inputs',
+           'stage_identity', 'stage_generate', 'make_judges', 'read_responses', 'stage_judge', 'judge_scale',
            'stage_calibrate', 'stage_benchmark', 'stage_gradnorm', 'stage_figures', 'md_table', 'render_markdown',
            'render_html', 'results_table', 'report_blocks', 'stage_report', 'build_parser', 'main']
 
 # %% ../nbs/09_pipeline.ipynb #770340a0
-METHOD_NAMES = ('base', 'sft', 'pooled', 'uniform', 'fixed', 'lagdpo')  # 'base': the untrained starting model, evaluated as is
-OFFLINE_JUDGES = ('embedding', 'lexical', 'marker')
-
-DEFAULT_CONFIG: dict = {
-    'run': {'out': 'runs', 'name': 'demo', 'seed': 0},
-    'data': {'source': str(MINI_DATASET), 'train_split': 'train', 'test_split': 'test', 'max_test_rows': None},
-    'build_data': {'model': None, 'base_url': None, 'judge_model': None, 'judge_base_url': None, 'n_per_seed': 1},
-    'model': {'name': 'tiny', 'tiny_size': 'demo', 'vocab_size': 2048, 'peft': None},
-    'train': {'methods': ['sft', 'pooled', 'uniform', 'lagdpo'], 'sft_first': True, 'epsilon': EPSILON,
-              'max_steps': 50, 'sft_max_steps': 100, 'learning_rate': 5e-4, 'sft_learning_rate': 2e-3, 'beta': 0.1,
-              'per_device_train_batch_size': 8, 'max_length': 512, 'dual_lr': 0.5, 'trait_weights': None, 'extra': {}},
-    'generate': {'max_new_tokens': 48, 'batch_size': 16, 'temperature': 0.8},  # sampled: greedy decoding makes the tiny model emit only whitespace
-    'judges': [{'name': 'embedding', 'kind': 'embedding'}, {'name': 'lexical', 'kind': 'lexical'}, {'name': 'marker', 'kind': 'marker'}],
-    'mfrm': {'thresholds': 'rating_scale', 'max_iter': 100},
-    'benchmarks': {'xstest': None, 'xstest_limit': 40, 'sycophancy': None, 'sycophancy_limit': None},
-}
-
-# %% ../nbs/09_pipeline.ipynb #d107c099
-class ConfigError(ValueError):
-    "A configuration that cannot run; the message is one line."
-
-def _merge(base:dict, over:dict, where:str='') -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        if k not in base and where != 'train.extra.':
-            raise ConfigError(f"unknown setting {where}{k!r}; known: {', '.join(base)}")
-        out[k] = _merge(base[k], v, f'{where}{k}.') if isinstance(base.get(k), dict) and isinstance(v, dict) and k != 'extra' else copy.deepcopy(v)
-    return out
-
-def _parse_set(item:str) -> dict:
-    if '=' not in item: raise ConfigError(f"--set takes key=value, got {item!r}")
-    key, value = item.split('=', 1)
-    v = yaml.safe_load(value)
-    for part in reversed(key.strip().split('.')): v = {part: v}
-    return v
-
-# %% ../nbs/09_pipeline.ipynb #de13d509
-def load_config(path:str|Path|None=None, # a YAML file; the embedded defaults alone when None
-                sets:list[str]=(), # 'key.sub=value' overrides, applied in order
-                **flags, # shortcut overrides already parsed (None values are ignored)
-               ) -> dict:
-    "The embedded defaults, overridden by a YAML file, then by `--set` items and flags; checked."
-    cfg = copy.deepcopy(DEFAULT_CONFIG)
-    if path is not None:
-        p = Path(path)
-        if not p.is_file(): raise ConfigError(f"config file not found: {p}")
-        try: doc = yaml.safe_load(p.read_text(encoding='utf-8')) or {}
-        except yaml.YAMLError as e: raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(doc, dict): raise ConfigError(f"{p}: the top level must be a mapping")
-        cfg = _merge(cfg, doc)
-    for s in sets: cfg = _merge(cfg, _parse_set(s))
-    shortcuts = {'out': ('run', 'out'), 'name': ('run', 'name'), 'seed': ('run', 'seed'), 'data': ('data', 'source'),
-                 'model': ('model', 'name'), 'methods': ('train', 'methods'), 'epsilon': ('train', 'epsilon'),
-                 'max_steps': ('train', 'max_steps')}
-    for k, v in flags.items():
-        if v is None: continue
-        if k not in shortcuts: raise ConfigError(f"unknown flag {k!r}")
-        sec, key = shortcuts[k]; cfg[sec][key] = v
-    check_config(cfg)
-    return cfg
-
-# %% ../nbs/09_pipeline.ipynb #612870f4
-def check_config(cfg:dict):
-    "Raise `ConfigError` (one line) on anything that would fail later."
-    t = cfg['train']
-    methods = t['methods']
-    if isinstance(methods, str): methods = t['methods'] = [m.strip() for m in methods.split(',') if m.strip()]
-    if not methods: raise ConfigError("train.methods is empty: name at least one of " + ', '.join(METHOD_NAMES))
-    for m in methods:
-        if m not in METHOD_NAMES: raise ConfigError(f"unknown method {m!r} in train.methods; choose from {', '.join(METHOD_NAMES)}")
-    if 'fixed' in methods and not t.get('trait_weights'): raise ConfigError("method 'fixed' needs train.trait_weights, e.g. {A: 2, T: 1, E: 1, C: 1}")
-    try: eps = float(t['epsilon'])
-    except (TypeError, ValueError): raise ConfigError(f"train.epsilon must be a number, got {t['epsilon']!r}") from None
-    if not eps > 0: raise ConfigError(f"train.epsilon must be > 0, got {eps}")
-    for k in ('max_steps', 'sft_max_steps', 'per_device_train_batch_size'):
-        if not isinstance(t[k], int) or t[k] < 1: raise ConfigError(f"train.{k} must be a positive integer, got {t[k]!r}")
-    name = str(cfg['model']['name'])
-    if name in NAMED_MODELS:
-        try: gguf_file(NAMED_MODELS[name])
-        except ModelNotInstalled as e: raise ConfigError(str(e)) from None
-    src = str(cfg['data']['source'])
-    if not Path(src).exists() and not is_hub_id(src):
-        raise ConfigError(f"data.source not found: {src} (a file, a folder or a Hub id such as qisein/PersonaKnob)")
-    if not cfg['judges']: raise ConfigError("judges is empty: keep the offline judges or add an LLM judge")
-    names = []
-    for j in cfg['judges']:
-        if not isinstance(j, dict) or 'kind' not in j: raise ConfigError(f"each judge needs a kind, got {j!r}")
-        if j['kind'] in OFFLINE_JUDGES: pass
-        elif j['kind'] == 'openai':
-            if not j.get('model') or not j.get('base_url'):
-                raise ConfigError(f"judge {j.get('name', j['kind'])!r} needs an endpoint: set model and base_url (e.g. https://api.openai.com/v1)")
-        else: raise ConfigError(f"unknown judge kind {j['kind']!r}; choose from {', '.join(OFFLINE_JUDGES + ('openai',))}")
-        names.append(j.get('name') or j.get('model') or j['kind'])
-    if len(set(names)) != len(names): raise ConfigError(f"judge names must be unique, got {names}")
-    bx = cfg['benchmarks']['xstest']
-    if bx is not None and not Path(bx).exists(): raise ConfigError(f"benchmarks.xstest not found: {bx}")
+DEMO_SETS = ('train.dual_lr=0.5',)  # `dignified-peer demo` only, applied before the user's own --set items
 
 # %% ../nbs/09_pipeline.ipynb #59fe5ea6
-STAGE_CONFIG = {  # the settings each stage depends on, besides the stages before it
-    'data': ('data', 'run.seed'), 'train': ('model', 'train'), 'select': ('train.beta',),
-    'generate': ('generate',), 'judge': ('judges',), 'calibrate': ('mfrm',), 'benchmark': ('benchmarks', 'generate'),
-    'gradnorm': (), 'figures': (), 'report': (),
+STAGE_SETTINGS = {  # the settings each stage reads ('' is the whole config)
+    'data': ('data',), 'train': ('model', 'train', 'run.seed'),
+    'select': ('model.name', 'train.methods', 'train.sft_first', 'train.beta'),
+    'generate': ('generate', 'run.seed', 'train.methods'), 'judge': ('judges',), 'calibrate': ('mfrm', 'judges.scale'),
+    'benchmark': ('benchmarks', 'generate', 'run.seed', 'train.methods'), 'gradnorm': ('train.beta', 'train.methods'),
+    'figures': ('train.epsilon', 'train.methods'), 'report': ('',),
 }
-STAGES = tuple(STAGE_CONFIG)
+STAGES = tuple(STAGE_SETTINGS)
+STAGE_NEEDS = {  # the stages whose outputs each stage reads
+    'data': (), 'train': ('data',), 'select': ('data', 'train'), 'generate': ('data', 'train'), 'judge': ('data', 'generate'),
+    'calibrate': ('judge',), 'benchmark': ('train', 'select'), 'gradnorm': ('data', 'train'),
+    'figures': ('data', 'train', 'judge', 'calibrate', 'benchmark', 'gradnorm'), 'report': STAGES[:-1],
+}
+STAGE_OUTPUTS = {  # what each stage writes (removed when it runs again or fails, so nothing outlives its inputs)
+    'data': ('data_train', 'data_test', 'data_table'), 'train': (), 'select': ('selection', 'selection_details'),
+    'generate': ('responses_table',), 'judge': ('ratings',), 'calibrate': ('mfrm', 'mfrm_table', 'mfrm_error'),
+    'benchmark': ('xstest', 'sycophancy', 'benchmarks'), 'gradnorm': ('gradnorm',), 'figures': ('figures',),
+    'report': ('report_md', 'report_html'),
+}
+
+def dependents(stage:str) -> list[str]:
+    "Every stage that reads `stage`'s outputs, directly or through others, in pipeline order."
+    out = {stage}
+    for s in STAGES:
+        if out & set(STAGE_NEEDS[s]): out.add(s)
+    return [s for s in STAGES if s in out and s != stage]
 
 def _pick(cfg:dict, dotted:str):
+    if not dotted: return cfg
     v = cfg
-    for part in dotted.split('.'): v = v[part]
+    for part in dotted.split('.'):
+        v = [x[part] for x in v] if isinstance(v, list) else v[part]
     return v
 
-def stage_fingerprints(cfg:dict) -> dict[str, str]:
-    "The chained fingerprint of every stage under `cfg`."
-    out, prev = {}, ''
-    for s in STAGES:
-        blob = json.dumps([prev, s, [_pick(cfg, k) for k in STAGE_CONFIG[s]]], sort_keys=True, default=str)
-        out[s] = prev = hashlib.sha1(blob.encode()).hexdigest()[:16]
-    return out
+# %% ../nbs/09_pipeline.ipynb #99c51003
+class StageError(RuntimeError):
+    "A stage that cannot be marked done (too many missing ratings, ...); the message is one line."
+
+class RunLockedError(RuntimeError):
+    "The run directory is in use by another live process."
+
+def _alive(pid:int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+class RunLock:
+    "One process per run directory: the lock file holds its PID; a lock left by a dead process is taken over."
+    def __init__(self, run:Path): self.path, self.held = run_path(run, 'lock'), False
+
+    def __enter__(self):
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(fd, str(os.getpid()).encode()); os.close(fd); self.held = True
+                return self
+            except FileExistsError:
+                try: pid = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError): pid = 0
+                if pid and pid != os.getpid() and _alive(pid):
+                    raise RunLockedError(f"run directory {self.path.parent} is in use by process {pid} "
+                                         f"(lock {self.path.name}); wait for it to finish or stop it") from None
+                get_logger('pipeline').warning('taking over %s from process %s, which is no longer running', self.path, pid or '?')
+                self.path.unlink(missing_ok=True)
+        raise RunLockedError(f"could not lock {self.path}")
+
+    def __exit__(self, *exc):
+        if self.held: self.path.unlink(missing_ok=True); self.held = False
 
 # %% ../nbs/09_pipeline.ipynb #009e5fa5
 class Pipeline:
-    "Runs stages into one run directory, skipping those already done with the same fingerprint."
+    "Runs stages into one run directory, skipping a stage whose identity (settings and input content) is recorded as done."
     def __init__(self, cfg:dict, run_dir:str|Path|None=None):
         self.cfg = cfg
         self.dir = Path(run_dir) if run_dir is not None else make_run_dir(cfg['run']['out'], cfg['run']['name'])
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log = get_logger('pipeline')
-        self.fingerprints = stage_fingerprints(cfg)
         self.timings: dict[str, float] = {}
+        self.current: str|None = None  # the stage running now, for error messages
 
     @property
     def state(self) -> dict:
+        "The record of done stages (stages.json); a torn or unreadable one counts as empty, with a warning."
         p = run_path(self.dir, 'stages')
-        return json.loads(p.read_text()) if p.exists() else {}
+        if not p.exists(): return {}
+        try: st = json.loads(p.read_text(encoding='utf-8'))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            self.log.warning('%s is torn or not JSON (%s): every stage will run again', p, e); return {}
+        return st if isinstance(st, dict) else {}
 
-    def is_done(self, stage:str) -> bool:
-        return self.state.get(stage, {}).get('fingerprint') == self.fingerprints[stage]
+    def _save(self, st:dict): atomic_write(run_path(self.dir, 'stages'), json.dumps(st, indent=2))
+
+    def is_done(self, stage:str, identity:str) -> bool:
+        return self.state.get(stage, {}).get('identity') == identity
+
+    def clear(self, *stages:str):
+        "Forget `stages` and remove their outputs."
+        st = self.state
+        for s in stages:
+            st.pop(s, None)
+            for key in STAGE_OUTPUTS[s]:
+                for f in run_files(self.dir, key): f.unlink(missing_ok=True)
+        self._save(st)
 
     def run_stage(self, stage:str, force:bool=False):
-        "Run one stage unless it is done; print a timing line either way."
-        if not force and self.is_done(stage):
+        "Run one stage unless it is done with the same identity; print a timing line either way."
+        ident = stage_identity(self.dir, self.cfg, stage)
+        if not force and self.is_done(stage, ident):
             print(f"[stage] {stage:<10} skipped (done, {self.state[stage]['seconds']:.1f}s when it ran)", flush=True)
             self.timings[stage] = 0.0
             return
-        t0 = time.time()
+        t0, self.current = time.time(), stage
         print(f"[stage] {stage:<10} running", flush=True)
-        STAGE_FUNCS[stage](self.dir, self.cfg)
+        self.clear(stage)
+        try: STAGE_FUNCS[stage](self.dir, self.cfg, force=force)
+        except BaseException:  # a failed or interrupted stage takes its outputs and everything built on them with it
+            self.clear(stage, *dependents(stage)); raise
         dt = time.time() - t0
-        st = self.state; st[stage] = {'fingerprint': self.fingerprints[stage], 'seconds': round(dt, 2), 'finished': time.strftime('%Y-%m-%d %H:%M:%S')}
-        for later in STAGES[STAGES.index(stage) + 1:]: st.pop(later, None)  # later stages must re-run on the new outputs
-        run_path(self.dir, 'stages').write_text(json.dumps(st, indent=2))
-        self.timings[stage] = dt
+        st = self.state
+        st[stage] = {'identity': ident, 'seconds': round(dt, 2), 'finished': time.strftime('%Y-%m-%d %H:%M:%S')}
+        self._save(st)
+        self.timings[stage], self.current = dt, None
         print(f"[stage] {stage:<10} done in {dt:.1f}s", flush=True)
 
-    def run(self, upto:str='report'):
-        "Run every stage up to `upto`, skipping those already done."
+    def run(self, upto:str='report', force:str|None=None):
+        "Run every stage up to `upto`, skipping those already done; `force` names one stage to recompute."
         t0 = time.time()
         self.write_config()
-        for s in STAGES[:STAGES.index(upto) + 1]: self.run_stage(s)
-        total = time.time() - t0
-        print(f"[total] {total:.1f}s; run directory: {self.dir}", flush=True)
+        for s in STAGES[:STAGES.index(upto) + 1]: self.run_stage(s, force=s == force)
+        print(f"[total] {time.time() - t0:.1f}s; run directory: {self.dir}", flush=True)
         return self.dir
 
     def write_config(self):
-        run_path(self.dir, 'config').write_text(yaml.safe_dump(self.cfg, sort_keys=False))
+        atomic_write(run_path(self.dir, 'config'), yaml.safe_dump(self.cfg, sort_keys=False))
 
 # %% ../nbs/09_pipeline.ipynb #0a6a1167
+def _to_csv(df:pd.DataFrame, path:Path, **kw):
+    "Write a table through a temporary file and a rename."
+    with atomic_path(path) as tmp: df.to_csv(tmp, **kw)
+
 def _split_rows(run:Path, split:str='test'):
     return load_personaknob(run_path(run, 'data_test' if split == 'test' else 'data_train'))
 
-def stage_data(run:Path, cfg:dict):
+def stage_data(run:Path, cfg:dict, force:bool=False):
     "Load and validate the PersonaKnob source; write its two splits and their statistics."
     import datasets
     d = cfg['data']
@@ -218,8 +200,7 @@ def stage_data(run:Path, cfg:dict):
         kept[key.split('_')[1]] = rows
     stats = dataset_stats(datasets.DatasetDict(kept))
     for k, v in stats.items():
-        p = run_path(run, 'data_table', name=k); p.parent.mkdir(parents=True, exist_ok=True)
-        v.to_csv(p, index=k == 'cooccurrence')
+        _to_csv(v, run_path(run, 'data_table', name=k), index=k == 'cooccurrence')
     sizes = stats['mask_sizes'].pivot(index='size', columns='split', values='rows').fillna(0).astype(int)
     print(f"  rows by mask size:\n{sizes.to_string()}\n  reject/golden length ratio:\n{stats['length_ratio'].round(3).to_string(index=False)}")
 
@@ -239,30 +220,50 @@ def init_model(run:Path, cfg:dict, method:str) -> str:
     if method not in ('sft', 'base') and t['sft_first'] and 'sft' in t['methods']: return str(run_path(run, 'model_final', method='sft'))
     return base_model(run, cfg)
 
-def stage_train(run:Path, cfg:dict):
-    "Train every method of `train.methods` into models/<method>/ ('base' trains nothing)."
+def _hash(*parts) -> str: return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+SFT_SETTINGS = ('sft_max_steps', 'sft_learning_rate', 'per_device_train_batch_size', 'max_length', 'extra')
+PREFERENCE_SETTINGS = ('max_steps', 'learning_rate', 'beta', 'epsilon', 'dual_lr', 'per_device_train_batch_size', 'max_length', 'extra')
+
+def method_identity(run:Path, cfg:dict, method:str) -> str:
+    "What one method's training depends on: its own settings, the seed, the training rows and its starting weights."
+    t = cfg['train']
+    keys = SFT_SETTINGS if method == 'sft' else PREFERENCE_SETTINGS + (('trait_weights',) if method == 'fixed' else ())
+    init = init_model(run, cfg, method)
+    return _hash(method, {k: t[k] for k in keys}, cfg['model']['peft'], cfg['run']['seed'],
+                 content_hash(run_path(run, 'data_train')), content_hash(init) if Path(init).exists() else init)
+
+def _tiny_base(run:Path, cfg:dict, force:bool):
+    "Build the run's tiny base model unless the one there came from the same size, vocabulary, seed and rows."
+    m, base = cfg['model'], run_path(run, 'base_model')
+    ident = _hash(m['tiny_size'], m['vocab_size'], cfg['run']['seed'], content_hash(run_path(run, 'data_train')))
+    if not force and (base/'BUILT').exists() and (base/'BUILT').read_text() == ident: return
+    shutil.rmtree(base, ignore_errors=True)
+    rows = _split_rows(run, 'train')
+    model, tok = tiny_model([*rows['prompt'], *rows['golden']], path=base, size=m['tiny_size'], vocab_size=m['vocab_size'], seed=cfg['run']['seed'])
+    atomic_write(base/'BUILT', ident)
+    print(f"  tiny base model: {n_params(model):,} parameters, vocabulary {len(tok)}")
+
+def stage_train(run:Path, cfg:dict, force:bool=False):
+    "Train every method of `train.methods` into models/<method>/ ('base' trains nothing); a method trained on the same inputs is kept."
     from dignified_peer.training import train
     t, m = cfg['train'], cfg['model']
-    if m['name'] == 'tiny' and not (run_path(run, 'base_model')/'config.json').exists():
-        rows = _split_rows(run, 'train')
-        model, tok = tiny_model([*rows['prompt'], *rows['golden']], path=run_path(run, 'base_model'), size=m['tiny_size'],
-                                 vocab_size=m['vocab_size'], seed=cfg['run']['seed'])
-        print(f"  tiny base model: {n_params(model):,} parameters, vocabulary {len(tok)}")
-    fp = stage_fingerprints(cfg)['train']
+    if m['name'] == 'tiny': _tiny_base(run, cfg, force)
     common = dict(per_device_train_batch_size=t['per_device_train_batch_size'], max_length=t['max_length'],
                   seed=cfg['run']['seed'], **(t.get('extra') or {}))
     for method in [x for x in method_order(cfg) if x != 'base']:
         out = run_path(run, 'model_dir', method=method)
-        done = out/'DONE'
-        if done.exists() and json.loads(done.read_text()).get('fingerprint') == fp:
-            print(f"  {method}: already trained"); continue
+        done, ident = out/'DONE', method_identity(run, cfg, method)
+        if not force and done.exists() and json.loads(done.read_text()).get('identity') == ident:
+            print(f"  {method}: already trained on the same inputs"); continue
         kw = dict(max_steps=t['sft_max_steps'], learning_rate=t['sft_learning_rate']) if method == 'sft' else dict(
             max_steps=t['max_steps'], learning_rate=t['learning_rate'], beta=t['beta'], epsilon=t['epsilon'], dual_lr=t['dual_lr'])
         if method == 'fixed': kw['trait_weights'] = t['trait_weights']
+        done.unlink(missing_ok=True)
         t0 = time.time()
         res = train(method, data=run_path(run, 'data_train'), model=init_model(run, cfg, method), output_dir=out,
                     peft=m.get('peft'), progress=True, **common, **kw)
-        done.write_text(json.dumps({'fingerprint': fp, 'seconds': round(time.time() - t0, 1)}))
+        atomic_write(done, json.dumps({'identity': ident, 'seconds': round(time.time() - t0, 1)}))
         print(f"  {method}: trained in {time.time() - t0:.1f}s -> {res['model_path']}", flush=True)
 
 # %% ../nbs/09_pipeline.ipynb #dbb1d2e4
@@ -270,7 +271,7 @@ def trained_models(run:Path, cfg:dict) -> dict[str, Path]:
     "method -> final model folder, for every method of the config ('base' is the starting model)."
     return {m: Path(base_model(run, cfg)) if m == 'base' else run_path(run, 'model_final', method=m) for m in method_order(cfg)}
 
-def stage_select(run:Path, cfg:dict):
+def stage_select(run:Path, cfg:dict, force:bool=False):
     "PersonaKnob selection accuracy per trait, by likelihood and by implicit reward against each model's reference."
     from dignified_peer.judging import selection_metrics, selection_pairs, selection_scores
     rows, details, ref_scores = _split_rows(run, 'test'), [], {}
@@ -284,50 +285,79 @@ def stage_select(run:Path, cfg:dict):
         print(f"  scoring {method}", flush=True)
         details.append(selection_pairs(model, tok, rows, ref_model=ref, beta=cfg['train']['beta'], model_name=method, progress=True))
     details = pd.concat(details, ignore_index=True)
-    details.to_csv(run_path(run, 'selection_details'), index=False)
+    _to_csv(details, run_path(run, 'selection_details'), index=False)
     summary = selection_metrics(details)
-    summary.to_csv(run_path(run, 'selection'), index=False)
+    _to_csv(summary, run_path(run, 'selection'), index=False)
     print(summary.pivot_table(index=['metric', 'trait'], columns='model', values='value').round(3).to_string())
 
+# %% ../nbs/09_pipeline.ipynb #5812e4a4
+def stage_inputs(run:Path, cfg:dict, stage:str) -> list:
+    "The files and folders whose content `stage` reads (a Hub id, which has no local content, stands for itself)."
+    d, models = cfg['data'], list(trained_models(run, cfg).values())
+    refs = sorted({init_model(run, cfg, m) for m in method_order(cfg) if m != 'base'})
+    hist = [run_path(run, 'history', method=m) for m in method_order(cfg) if m != 'base']
+    lag = [run_path(run, k, method='lagdpo') for k in ('model_final', 'dual_state', 'history')] + [init_model(run, cfg, 'lagdpo')]
+    b = cfg['benchmarks']
+    return {
+        'data': [d['source']],
+        'train': [run_path(run, 'data_train')] + ([cfg['model']['name']] if Path(cfg['model']['name']).exists() else []),
+        'select': [run_path(run, 'data_test'), *models, *refs],
+        'generate': [run_path(run, 'data_test'), *models],
+        'judge': [run_path(run, 'responses_table'), run_path(run, 'data_test')],
+        'calibrate': [run_path(run, 'ratings')],
+        'benchmark': [run_path(run, 'selection'), *models, *(p for p in (b['xstest'], b['sycophancy']) if p)],
+        'gradnorm': [run_path(run, 'data_train'), *lag] if 'lagdpo' in cfg['train']['methods'] else [],
+        'figures': [run_path(run, 'tables'), run_path(run, 'data_test'), *hist, run_path(run, 'ratings'), run_path(run, 'mfrm')],
+        'report': [run_path(run, 'tables'), run_path(run, 'mfrm').parent, run_path(run, 'figures'), *hist],
+    }[stage]
+
+def stage_identity(run:Path, cfg:dict, stage:str) -> str:
+    "A hash of the settings `stage` reads and of the content of the files it reads: equal identities, equal results."
+    ins = {str(Path(p).relative_to(run)) if Path(p).is_relative_to(run) else str(p): content_hash(p) if Path(p).exists() else str(p)
+           for p in stage_inputs(run, cfg, stage)}
+    blob = json.dumps([stage, [_pick(cfg, k) for k in STAGE_SETTINGS[stage]], ins], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
 # %% ../nbs/09_pipeline.ipynb #495240b0
-def _backend(run:Path, cfg:dict, method:str, path:Path):
+def _backend(run:Path, cfg:dict, method:str, path:Path, refresh:bool=False):
     from dignified_peer.backends import TransformersBackend
     g = cfg['generate']
     return TransformersBackend(load_model(path), batch_size=g['batch_size'], max_new_tokens=g['max_new_tokens'],
-                               cache=run_path(run, 'completion_cache'), name=f'{method}@{path}', progress=True)
+                               cache=run_path(run, 'completion_cache'), name=f'{method}@{path}', progress=True, refresh=refresh)
 
 def _sampling(cfg:dict) -> dict:
     g = cfg['generate']
     return {'max_tokens': g['max_new_tokens'], 'temperature': g['temperature'], 'seed': cfg['run']['seed']}
 
-def stage_generate(run:Path, cfg:dict):
-    "Each model's responses to the test prompts (resumable, cached)."
+def stage_generate(run:Path, cfg:dict, force:bool=False):
+    "Each model's responses to the test prompts (resumable, cached by weights and sampling; `force` asks again)."
     from dignified_peer.judging import generate_responses
-    rows, out = _split_rows(run, 'test'), []
-    run_path(run, 'responses').parent.mkdir(parents=True, exist_ok=True)
+    rows, out, fresh = _split_rows(run, 'test'), [], 0
+    if force: run_path(run, 'responses').unlink(missing_ok=True)
     for method, path in trained_models(run, cfg).items():
-        out.append(generate_responses(_backend(run, cfg, method, path), rows, model_name=method,
-                                      out=run_path(run, 'responses'), **_sampling(cfg)))
+        be = _backend(run, cfg, method, path, refresh=force)
+        out.append(generate_responses(be, rows, model_name=method, out=run_path(run, 'responses'), **_sampling(cfg)))
+        fresh += be.usage['requests']
     df = pd.concat(out, ignore_index=True)
-    df.to_csv(run_path(run, 'responses_table'), index=False)
+    _to_csv(df, run_path(run, 'responses_table'), index=False)
     failed = df['response'].isna().sum()
-    print(f"  {len(df)} responses from {df['model'].nunique()} models; {failed} failed")
+    print(f"  {len(df)} responses from {df['model'].nunique()} models; {failed} failed; {len(df) - fresh} from the cache")
 
 # %% ../nbs/09_pipeline.ipynb #9f5a3394
-def make_judges(run:Path, cfg:dict) -> list:
+def make_judges(run:Path, cfg:dict, refresh:bool=False) -> list:
     "The judges of `cfg['judges']`."
     from dignified_peer import judging
     from dignified_peer.backends import OpenAIBackend
     kinds = {'embedding': judging.EmbeddingJudge, 'lexical': judging.LexicalJudge, 'marker': judging.MarkerJudge}
     out = []
     for j in cfg['judges']:
-        scale = tuple(j.get('scale', judging.SCALE))
-        if j['kind'] in kinds: out.append(kinds[j['kind']](scale, name=j.get('name') or j['kind']))
+        scale = tuple(j['scale'])
+        if j['kind'] in kinds: out.append(kinds[j['kind']](scale, name=j['name']))
         else:
             key = os.environ.get(j['api_key_env']) if j.get('api_key_env') else None  # else backends.resolve_api_key decides
-            be = OpenAIBackend(j['model'], base_url=j['base_url'], api_key=key,
-                               concurrency=j.get('concurrency', 16), cache=run_path(run, 'judge_cache'))
-            out.append(judging.LLMJudge(be, name=j.get('name') or j['model'], scale=scale, with_golden=j.get('with_golden', False), temperature=0))
+            be = OpenAIBackend(j['model'], base_url=j['base_url'], api_key=key, concurrency=j['concurrency'], timeout=j['timeout'],
+                               max_retries=j['max_retries'], cache=run_path(run, 'judge_cache'), refresh=refresh)
+            out.append(judging.LLMJudge(be, name=j['name'], scale=scale, with_golden=j['with_golden'], temperature=0))
     return out
 
 def read_responses(run:Path) -> pd.DataFrame:
@@ -336,13 +366,20 @@ def read_responses(run:Path) -> pd.DataFrame:
     df['response'] = df['response'].where(df['error'].astype(str) == '', None)
     return df
 
-def stage_judge(run:Path, cfg:dict):
-    "Rate every response on every active trait with every judge: the long ratings table."
+def stage_judge(run:Path, cfg:dict, force:bool=False):
+    "Rate every response on every active trait with every judge: the long ratings table (not done when a judge misses too many)."
     from dignified_peer.judging import JudgePanel
     responses = read_responses(run)
-    run_path(run, 'ratings').parent.mkdir(parents=True, exist_ok=True)
-    ratings = JudgePanel(make_judges(run, cfg), cache=run_path(run, 'ratings_cache')).judge(responses, _split_rows(run, 'test'))
-    ratings.to_csv(run_path(run, 'ratings'), index=False)
+    if force: run_path(run, 'ratings_cache').unlink(missing_ok=True)
+    ratings = JudgePanel(make_judges(run, cfg, refresh=force), cache=run_path(run, 'ratings_cache')).judge(responses, _split_rows(run, 'test'))
+    for j in cfg['judges']:
+        mine = ratings[ratings['judge'] == j['name']]
+        share = mine['score'].isna().mean() if len(mine) else 0.0
+        if share > j['max_missing_share']:
+            why = mine.loc[mine['score'].isna(), 'rationale'].astype(str).iloc[0]
+            raise StageError(f"judge {j['name']}: {share:.0%} of its ratings are missing, more than its max_missing_share "
+                             f"{j['max_missing_share']} (first reason: {why.splitlines()[0][:200]}); fix the judge and re-run")
+    _to_csv(ratings, run_path(run, 'ratings'), index=False)
     miss = ratings['score'].isna().sum()
     print(f"  {len(ratings)} ratings by {ratings['judge'].nunique()} judges; {miss} missing (kept with their raw text)")
     print(ratings.pivot_table(index='judge', columns='trait', values='score', aggfunc='mean').round(2).to_string())
@@ -350,50 +387,45 @@ def stage_judge(run:Path, cfg:dict):
 # %% ../nbs/09_pipeline.ipynb #b610a754
 def judge_scale(cfg:dict) -> tuple[int, int]:
     "The rating scale shared by the configured judges (they must agree)."
-    from dignified_peer.judging import SCALE
-    scales = {tuple(j.get('scale', SCALE)) for j in cfg['judges']}
-    if len(scales) > 1: raise ConfigError(f"judges use different scales {sorted(scales)}: calibrate them on one scale")
-    return scales.pop()
+    return tuple(cfg['judges'][0]['scale'])  # the config has checked that they agree
 
-def stage_calibrate(run:Path, cfg:dict):
-    "Fit the MFRM on the ratings; write its tables, Dignity and Peer scores and the fitted model (or the reason it cannot be fitted)."
-    import pickle
+def stage_calibrate(run:Path, cfg:dict, force:bool=False):
+    "Fit the MFRM on the ratings; write its tables, Dignity and Peer scores and its settings, fit.json (or the reason it cannot be fitted)."
     from dignified_peer.mfrm import MFRM
     ratings = pd.read_csv(run_path(run, 'ratings'), dtype={'item': str})
-    err = run_path(run, 'mfrm_table', name='error').with_suffix('.txt')
-    err.parent.mkdir(parents=True, exist_ok=True); err.unlink(missing_ok=True)
-    try: fit = MFRM(thresholds=cfg['mfrm']['thresholds'], max_iter=cfg['mfrm']['max_iter'], categories=judge_scale(cfg)).fit(ratings)
+    err = run_path(run, 'mfrm_error')
+    settings = {'thresholds': cfg['mfrm']['thresholds'], 'max_iter': cfg['mfrm']['max_iter'], 'categories': list(judge_scale(cfg))}
+    try: fit = MFRM(**settings).fit(ratings)
     except ValueError as e:  # degenerate ratings (one category, a disconnected design): recorded, reported, not hidden
-        err.write_text(f"{type(e).__name__}: {e}\n")
+        atomic_write(err, f"{type(e).__name__}: {e}\n")
         print(f"  MFRM not fitted: {type(e).__name__}: {e} (recorded in {err})"); return
     scores = pd.concat([fit.dignity_score().assign(score='Dignity'), fit.peer_score().assign(score='Peer')], ignore_index=True)
     tables = {'measures': fit.measures(), 'facet_summary': fit.facet_summary(), 'thresholds': fit.thresholds(),
               'bias': fit.bias(), 'unexpected': fit.unexpected(), 'scores': scores, 'contrasts': fit.contrasts()}
-    for name, t in tables.items(): t.to_csv(run_path(run, 'mfrm_table', name=name), index=False)
-    run_path(run, 'mfrm').write_bytes(pickle.dumps(fit))
+    for name, t in tables.items(): _to_csv(t, run_path(run, 'mfrm_table', name=name), index=False)
+    atomic_write(run_path(run, 'mfrm'), json.dumps(settings))  # figures refit from the ratings: no pickled object in a run
     print(f"  converged: {fit.converged_} in {fit.n_iter_} iterations; {fit.n_dropped_} missing ratings left out")
     print(scores.round(3).to_string(index=False))
 
 # %% ../nbs/09_pipeline.ipynb #a4b632e7
-def stage_benchmark(run:Path, cfg:dict):
+def stage_benchmark(run:Path, cfg:dict, force:bool=False):
     "XSTest and sycophancy for every model; one summary table with the selection accuracy."
     from dignified_peer.judging import benchmark_summary, run_sycophancy, run_xstest
     b, xs, sy = cfg['benchmarks'], [], []
     for method, path in trained_models(run, cfg).items():
-        be = _backend(run, cfg, method, path)
+        be = _backend(run, cfg, method, path, refresh=force)
         try: xs.append(run_xstest(be, b['xstest'], limit=b['xstest_limit'], model_name=method, out=run_path(run, 'xstest_responses'), **_sampling(cfg)))
         except FileNotFoundError as e: print(f"  XSTest skipped for {method}: {e}")
         sy.append(run_sycophancy(be, b['sycophancy'], model_name=method, limit=b['sycophancy_limit'], **_sampling(cfg)))
-    run_path(run, 'xstest').parent.mkdir(parents=True, exist_ok=True)
-    if xs: pd.concat(xs, ignore_index=True).to_csv(run_path(run, 'xstest'), index=False)
-    pd.concat(sy, ignore_index=True).to_csv(run_path(run, 'sycophancy'), index=False)
+    if xs: _to_csv(pd.concat(xs, ignore_index=True), run_path(run, 'xstest'), index=False)
+    _to_csv(pd.concat(sy, ignore_index=True), run_path(run, 'sycophancy'), index=False)
     summary = benchmark_summary(pd.read_csv(run_path(run, 'selection')), *(xs and [pd.concat(xs, ignore_index=True)]), pd.concat(sy, ignore_index=True))
-    summary.to_csv(run_path(run, 'benchmarks'), index=False)
+    _to_csv(summary, run_path(run, 'benchmarks'), index=False)
     head = summary[summary.metric.isin(['safe_compliance', 'unsafe_refusal', 'sycophancy_rate', 'consistency'])]
     print(head.pivot_table(index='metric', columns='model', values='value').round(3).to_string())
 
 # %% ../nbs/09_pipeline.ipynb #bf4b68e3
-def stage_gradnorm(run:Path, cfg:dict):
+def stage_gradnorm(run:Path, cfg:dict, force:bool=False):
     "Per-trait gradient norms and update shares at the Lag-DPO model: uniform weights, the final and the peak Lagrangian weights."
     from dignified_peer.data import to_pairs
     from dignified_peer.lagrangian import DualState, gradient_share_table, lagrangian_weights
@@ -414,13 +446,13 @@ def stage_gradnorm(run:Path, cfg:dict):
     params = [p.requires_grad_() for n, p in policy.named_parameters() if 'lora_' in n] if cfg['model'].get('peft') else None
     table = gradient_share_table(policy, ref, tok, pairs, {'lagrangian': final, f"lagrangian (peak, step {int(peak['step'])})": at_peak},
                                  beta=cfg['train']['beta'], params=params)
-    table.to_csv(run_path(run, 'gradnorm'), index=False)
+    _to_csv(table, run_path(run, 'gradnorm'), index=False)
     print(table.round(4).to_string(index=False))
 
 # %% ../nbs/09_pipeline.ipynb #f08bada3
-def stage_figures(run:Path, cfg:dict):
-    "Rebuild every figure from the run's tables."
-    made = build_figures(run, epsilon=cfg['train']['epsilon'])
+def stage_figures(run:Path, cfg:dict, force:bool=False):
+    "Rebuild every figure from the run's tables (only the configured methods' histories)."
+    made = build_figures(run, epsilon=cfg['train']['epsilon'], methods=method_order(cfg))
     print(f"  {len(made)} figures in {run_path(run, 'figures')}: {', '.join(made)}")
 
 # %% ../nbs/09_pipeline.ipynb #947807f4
@@ -545,7 +577,7 @@ def report_blocks(run:Path, cfg:dict) -> list[tuple]:
         B += [('h2', 'Training'), ('p', 'Per-trait DPO loss (mean of the last 10 logged steps) and the final multipliers:'), ('table', pd.DataFrame(last))]
     if (sel := read_run_table(run, 'selection')) is not None:
         B += [('h2', 'Selection accuracy (test split)'), ('table', sel.pivot_table(index=['metric', 'trait'], columns='model', values='value').reset_index())]
-    if (err := run_path(run, 'mfrm_table', name='error').with_suffix('.txt')).exists():
+    if (err := run_path(run, 'mfrm_error')).exists():
         B += [('h2', 'MFRM calibration'), ('p', f"The MFRM could not be fitted on these ratings: {err.read_text().strip()}")]
     if (sc := read_run_table(run, 'mfrm_table', name='scores')) is not None:
         meas = read_run_table(run, 'mfrm_table', name='measures')
@@ -566,19 +598,19 @@ def report_blocks(run:Path, cfg:dict) -> list[tuple]:
     if imgs: B += [('h2', 'Figures')] + [('img', f'figures/{n}.png', c) for n, c in imgs]
     return B
 
-def stage_report(run:Path, cfg:dict):
-    "Write report.md and a self-contained report.html."
+def stage_report(run:Path, cfg:dict, force:bool=False):
+    "Write report.md and (unless report.html is off) a self-contained report.html."
     blocks = report_blocks(run, cfg)
-    run_path(run, 'report_md').write_text(render_markdown(blocks), encoding='utf-8')
-    run_path(run, 'report_html').write_text(render_html(blocks, Path(run)), encoding='utf-8')
-    print(f"  {run_path(run, 'report_md')} and {run_path(run, 'report_html')}")
+    atomic_write(run_path(run, 'report_md'), render_markdown(blocks))
+    if cfg['report']['html']: atomic_write(run_path(run, 'report_html'), render_html(blocks, Path(run)))
+    print(f"  {run_path(run, 'report_md')}" + (f" and {run_path(run, 'report_html')}" if cfg['report']['html'] else ''))
 
 STAGE_FUNCS = {'data': stage_data, 'train': stage_train, 'select': stage_select, 'generate': stage_generate,
                'judge': stage_judge, 'calibrate': stage_calibrate, 'benchmark': stage_benchmark,
                'gradnorm': stage_gradnorm, 'figures': stage_figures, 'report': stage_report}
 
 # %% ../nbs/09_pipeline.ipynb #c6f9fb9f
-STAGE_COMMANDS = {'train': 'train', 'select': 'select', 'generate': 'generate', 'judge': 'judge', 'calibrate': 'calibrate',
+STAGE_COMMANDS = {'data': 'data', 'train': 'train', 'select': 'select', 'generate': 'generate', 'judge': 'judge', 'calibrate': 'calibrate',
                   'benchmark': 'benchmark', 'figures': 'figures', 'report': 'report', 'run': 'report', 'demo': 'report'}
 
 def _common(p:argparse.ArgumentParser):
@@ -589,13 +621,15 @@ def _common(p:argparse.ArgumentParser):
     p.add_argument('--model', help="'tiny', a Hub id or a local folder")
     p.add_argument('--methods', help='comma-separated: ' + ','.join(METHOD_NAMES))
     p.add_argument('--epsilon', type=float, help='tolerance of Lag-DPO'); p.add_argument('--max-steps', type=int, dest='max_steps')
-    p.add_argument('--force', action='store_true', help='re-run the named stage even if it is done')
+    p.add_argument('--force', action='store_true', help='recompute the named stage, without reading its caches')
+    p.add_argument('--debug', action='store_true', help='show the traceback of an error')
 
 def build_parser() -> argparse.ArgumentParser:
     "The `dignified-peer` argument parser."
     p = argparse.ArgumentParser(prog='dignified-peer', description='Dignified Peer: PersonaKnob, Lagrangian DPO and MFRM evaluation.')
     sub = p.add_subparsers(dest='command', required=True)
-    helps = {'demo': 'the whole pipeline on the embedded defaults (tiny model, mini dataset, offline judges)',
+    helps = {'data': 'load, validate and split the data',
+             'demo': 'the whole pipeline on the embedded defaults (tiny model, mini dataset, offline judges)',
              'run': 'the whole pipeline on a config', 'train': 'train the configured methods', 'select': 'selection accuracy',
              'generate': 'generate test-set responses', 'judge': 'rate responses with the judge panel', 'calibrate': 'fit the MFRM',
              'benchmark': 'XSTest and sycophancy benchmarks', 'figures': 'rebuild the figures', 'report': 'write report.md and report.html'}
@@ -605,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--judge-model'); b.add_argument('--judge-base-url'); b.add_argument('--seeds', help='seed scenes file')
     b.add_argument('--n-per-seed', type=int, default=1); b.add_argument('--concurrency', type=int, default=16)
     b.add_argument('--temperature', type=float, default=0.7); b.add_argument('--seed', type=int, default=0)
-    b.add_argument('--test-frac', type=float, default=0.2)
+    b.add_argument('--test-frac', type=float, default=0.2); b.add_argument('--debug', action='store_true')
     return p
 
 # %% ../nbs/09_pipeline.ipynb #d94a5f52
@@ -613,7 +647,14 @@ def _pipeline_yaml(path) -> bool:
     "Whether a YAML file is a pipeline config (its top-level keys are pipeline sections) rather than a TRL-style one."
     try: doc = yaml.safe_load(Path(path).read_text(encoding='utf-8')) or {}
     except (OSError, yaml.YAMLError): return True  # let load_config report it
-    return isinstance(doc, dict) and set(doc) <= set(DEFAULT_CONFIG)
+    return isinstance(doc, dict) and set(doc) <= set(Config.__dataclass_fields__)
+
+USER_ERRORS = (ConfigError, FileNotFoundError, PersonaKnobFileError, PersonaKnobValidationError, RunFileError,
+               EndpointAuthError, StageError, RunLockedError)  # what a user can fix: one line, exit 2
+
+def _one_line(e:BaseException) -> str:
+    lines = str(e).strip().splitlines() or [type(e).__name__]
+    return lines[0] + (f" (and {len(lines) - 1} more lines: run with --debug)" if len(lines) > 1 else '')
 
 def main(argv:list[str]|None=None) -> int:
     "Entry point of the `dignified-peer` console script."
@@ -628,6 +669,7 @@ def main(argv:list[str]|None=None) -> int:
         print(f"trained {res['method']}: final model {res['model_path']}, history {res['history_path']}")
         return 0
     if rest: parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    pipe, t0 = None, time.time()
     try:
         if args.command == 'build-data':
             from dignified_peer.construction import build_data
@@ -637,16 +679,21 @@ def main(argv:list[str]|None=None) -> int:
                             seed=args.seed, test_frac=args.test_frac)
             print(f"built {len(df)} rows into {args.out}")
             return 0
-        cfg = load_config(args.config, args.set, out=args.out, name=args.name, seed=args.seed, data=args.data, model=args.model,
-                          methods=args.methods, epsilon=args.epsilon, max_steps=args.max_steps)
-    except (ConfigError, FileNotFoundError) as e:
-        parser.exit(2, f"dignified-peer: error: {e}\n")
-    t0 = time.time()
-    seed_everything(cfg['run']['seed'])
-    pipe = Pipeline(cfg)
-    setup_logging('INFO', file=run_path(pipe.dir, 'log'))
-    target = STAGE_COMMANDS[args.command]
-    if args.force: st = pipe.state; st.pop(target, None); run_path(pipe.dir, 'stages').write_text(json.dumps(st))
-    pipe.run(upto=target)
+        sets = (list(DEMO_SETS) if args.command == 'demo' else []) + args.set
+        cfg = load_config(args.config, sets, **{k: getattr(args, k) for k in FLAGS})
+        seed_everything(cfg['run']['seed'])
+        pipe = Pipeline(cfg)
+        target = STAGE_COMMANDS[args.command]
+        with RunLock(pipe.dir):
+            setup_logging('INFO', file=run_path(pipe.dir, 'log'))
+            pipe.run(upto=target, force=target if args.force else None)
+    except KeyboardInterrupt:
+        where = f" during stage {pipe.current}" if pipe is not None and pipe.current else ''
+        print(f"dignified-peer: interrupted{where}; finished stages are kept, the rest runs again on the next call", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if args.debug: raise
+        where = f"stage {pipe.current}: " if pipe is not None and pipe.current else ''
+        parser.exit(2, f"dignified-peer: error: {where}{_one_line(e)}\n")
     print(f"dignified-peer {args.command}: finished in {time.time() - t0:.1f}s; report: {run_path(pipe.dir, 'report_md') if target == 'report' else pipe.dir}")
     return 0
