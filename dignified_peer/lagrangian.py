@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Sequence
 
@@ -14,12 +15,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .core import EPSILON, TRAIT_KEYS
+from .core import EPSILON, TRAIT_KEYS, TraitParseError, _split_trait_string, parse_traits
 
 # %% auto #0
-__all__ = ['FORMULATIONS', 'ESTIMATES', 'DUAL_SETTINGS', 'dpo_logits', 'trait_indices', 'per_trait_dpo_losses',
-           'constraint_names', 'check_dual_settings', 'DualState', 'lagrangian_weights', 'lagrangian_value',
-           'completion_logps', 'gradient_share_table']
+__all__ = ['FORMULATIONS', 'OBJECTIVE_NAME', 'ESTIMATES', 'DUAL_SETTINGS', 'dpo_logits', 'trait_indices', 'per_trait_dpo_losses',
+           'constraint_names', 'check_objective_names', 'objective_names', 'check_dual_settings', 'DualState',
+           'lagrangian_weights', 'lagrangian_value', 'completion_logps', 'gradient_share_table']
 
 # %% ../nbs/04_lagrangian.ipynb #6ad96255
 def dpo_logits(policy_chosen_logps:torch.Tensor, # log pi_theta(y*|x), one per pair
@@ -68,8 +69,35 @@ def constraint_names(formulation:str, # 'F1', 'F2' or 'F3'
                     ) -> list[str]:
     "Names of the constraints (one multiplier each): a trait key for F1/F2, 'i-j' for F3."
     if formulation not in FORMULATIONS: raise ValueError(f"unknown formulation {formulation!r}; choose one of {FORMULATIONS}")
-    if formulation == 'F3': return [f"{i}-{j}" for i in traits for j in traits if i != j]
+    if formulation == 'F3':
+        names = [f"{i}-{j}" for i in traits for j in traits if i != j]
+        if len(set(names)) < len(names): raise ValueError(f"traits {tuple(traits)}: their F3 constraint names 'i-j' collide; rename the objectives")
+        return names
     return list(traits)
+
+# %% ../nbs/04_lagrangian.ipynb #afef1796
+OBJECTIVE_NAME = re.compile(r'[A-Za-z0-9_.-]+')  # what a metric key such as loss/<name> may carry
+
+def check_objective_names(names, # the objectives, in order
+                          what:str='traits', # what the caller calls them, for the message
+                         ) -> tuple[str, ...]:
+    "The names as a tuple, or a `ValueError` naming the first that is empty, unsafe as a metric key, or repeated."
+    names = tuple(names)
+    if not names: raise ValueError(f"{what}: no objective named")
+    for k in names:
+        if not isinstance(k, str) or not OBJECTIVE_NAME.fullmatch(k):
+            raise ValueError(f"{what}={list(names)!r}: objective name {k!r} must be a non-empty string of letters, digits, '_', '.' or '-'")
+    dup = sorted({k for k in names if names.count(k) > 1})
+    if dup: raise ValueError(f"{what}={list(names)!r}: objectives {dup} appear twice")
+    return names
+
+def objective_names(value, # a list/tuple of names, or a string such as 'A,E' or '["helpful", "harmless"]'
+                    what:str='traits', # what the caller calls them, for the message
+                   ) -> tuple[str, ...]:
+    "Checked objective names: PersonaKnob trait keys in canonical order, any other names in the order given."
+    items = _split_trait_string(value) if isinstance(value, str) else list(value)
+    try: return parse_traits(items)
+    except TraitParseError: return check_objective_names(items, what)
 
 # %% ../nbs/04_lagrangian.ipynb #c4e1d2a9
 ESTIMATES: tuple[str, ...] = ('ema', 'window')  # how the running estimate of each L_k is formed
@@ -125,7 +153,7 @@ class DualState:
     buffer: list = field(default_factory=list) # per-step (sums, counts) kept by the 'window' estimate
 
     def __post_init__(self):
-        self.traits = tuple(self.traits)
+        self.traits = check_objective_names(self.traits)
         self.names = constraint_names(self.formulation, self.traits)
         check_dual_settings(self.traits, **self.settings())
         if self.multipliers is None:
@@ -288,7 +316,7 @@ def gradient_share_table(policy, # the model whose update is analysed
                         ) -> pd.DataFrame:
     "Per-trait loss, gradient norm and share of the update under uniform and Lagrangian weights."
     P = pd.DataFrame(pairs)
-    traits = [k for k in TRAIT_KEYS if k in set(P['trait'])]
+    traits = list(objective_names(list(dict.fromkeys(P['trait']))))
     params = [p for p in policy.parameters() if p.requires_grad] if params is None else list(params)
     pc, pr = (completion_logps(policy, tokenizer, P['prompt'], P[c], chat_template) for c in ('chosen', 'rejected'))
     with torch.no_grad(): rc, rr = (completion_logps(ref_model, tokenizer, P['prompt'], P[c], chat_template) for c in ('chosen', 'rejected'))
