@@ -26,10 +26,10 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import pad
 
 from .core import EPSILON, TRAIT_KEYS, get_logger, parse_traits, seed_everything
-from .lagrangian import DUAL_SETTINGS, DualState, check_dual_settings, lagrangian_weights, per_trait_dpo_losses
+from .lagrangian import DUAL_SETTINGS, DualState, check_objective_names, check_dual_settings, lagrangian_weights, objective_names, per_trait_dpo_losses
 
 # %% auto #0
-__all__ = ['WEIGHTINGS', 'DUAL_STATE_NAME', 'STATS', 'METHODS', 'TRAIN_DEFAULTS', 'LagrangianDPOConfig',
+__all__ = ['WEIGHTINGS', 'PLAIN_OBJECTIVE', 'DUAL_STATE_NAME', 'STATS', 'METHODS', 'TRAIN_DEFAULTS', 'LagrangianDPOConfig',
            'DataCollatorForPreferenceGroups', 'NonFiniteLossError', 'DualAscentCallback', 'LagrangianDPOTrainer',
            'history_frame', 'train', 'TrainScriptArguments', 'load_train_config', 'train_cli']
 
@@ -50,7 +50,7 @@ class LagrangianDPOConfig(DPOConfig):
     formulation: str = field(default='F1', metadata={'help': "Constrained problem of the 'lagrangian' weighting: 'F1' symmetric tolerance (default), 'F2' primary trait plus constraints, 'F3' pairwise balance."})
     epsilon: float = field(default=EPSILON, metadata={'help': "Tolerance shared by all traits (the paper's epsilon)."})
     tolerances: dict | str | None = field(default=None, metadata={'help': "Per-trait tolerances as a dict or JSON string, e.g. '{\"A\": 0.4}'; traits not named use `epsilon`."})
-    traits: list[str] | None = field(default=None, metadata={'help': "Traits of the objective, e.g. A T E C; the traits present in the training data when unset."})
+    traits: list[str] | None = field(default=None, metadata={'help': "Objectives, by name: PersonaKnob's A T E C or any names (letters, digits, _ . -), e.g. helpful harmless; the objectives present in the training data when unset."})
     primary_trait: str | None = field(default=None, metadata={'help': "Primary trait of formulation F2."})
     dual_lr: float = field(default=DualState.lr, metadata={'help': "Dual learning rate eta_lambda of the projected ascent on the multipliers."})
     dual_delay: int = field(default=DualState.delay, metadata={'help': "Optimiser steps during which the loss estimates move but the multipliers do not."})
@@ -70,7 +70,7 @@ class LagrangianDPOConfig(DPOConfig):
         super().__post_init__()
         self.tolerances = _json_dict(self.tolerances, 'tolerances')
         self.trait_weights = _json_dict(self.trait_weights, 'trait_weights')
-        if self.traits is not None: self.traits = list(parse_traits(self.traits))
+        if self.traits is not None: self.traits = list(objective_names(self.traits))
         if self.weighting not in WEIGHTINGS: raise ValueError(f"unknown weighting {self.weighting!r}; choose one of {WEIGHTINGS}")
         check_dual_settings(self.traits, names=_CONFIG_NAMES, **self.dual_settings())
         _check_trait_weights(self.trait_weights, self.traits, required=self.weighting == 'fixed')
@@ -100,18 +100,62 @@ def _check_trait_weights(weights, traits, required=False):
         if required: raise ValueError("weighting='fixed' needs `trait_weights`")
         return
     unknown = [k for k in weights if k not in (traits or TRAIT_KEYS)]
-    if unknown: raise ValueError(f"trait_weights={weights!r}: traits {unknown} are not in the objective {tuple(traits or TRAIT_KEYS)}")
+    if unknown: raise ValueError(f"trait_weights={weights!r}: traits {unknown} are not in the objective {tuple(traits or TRAIT_KEYS)}"
+                                 + ("" if traits else " (name your objectives in `traits` to weight others)"))
     if not all(v == 0 or _positive_finite(v) for v in weights.values()) or not any(v > 0 for v in weights.values()):
         raise ValueError(f"trait_weights={weights!r}: weights must be numbers >= 0, at least one of them > 0")
 
 # %% ../nbs/05_training.ipynb #f0732d69
-def _explode_groups(groups:datasets.Dataset) -> datasets.Dataset:
+PLAIN_OBJECTIVE = 'preference'  # the one objective of plain pairs (no `trait` column), unless `traits` names it
+
+def _layout(ds) -> str:
+    "'prepared' (tokenised groups), 'groups' or 'pairs': how a dataset holds its preferences."
+    cols = ds.column_names
+    if 'trait_ids' in cols: return 'prepared'
+    if 'rejects' in cols and ('chosen' in cols or 'golden' in cols): return 'groups'
+    if 'chosen' in cols and 'rejected' in cols: return 'pairs'
+    raise ValueError(f"columns {cols}: expected preference pairs (chosen, rejected; optional prompt and trait) "
+                     "or grouped rows (prompt, chosen, rejects: {objective: rejected})")
+
+def _row(ds, i) -> str:
+    "How an error names row i."
+    rid = ds[i].get('row_id')
+    return f"row {i}" + (f" (row_id {rid!r})" if rid is not None else '')
+
+def _group_objectives(ex:dict, where:str) -> list[str]:
+    "The active objectives of a grouped row: its `traits` when it has them, else every objective with a reject."
+    rejects = ex['rejects'] or {}
+    active = list(objective_names(ex['traits'])) if ex.get('traits') is not None and len(ex['traits']) else [k for k, r in rejects.items() if r]
+    if not active: raise ValueError(f"{where}: a grouped row needs at least one reject, and `rejects` has none")
+    for k in active:
+        if not rejects.get(k): raise ValueError(f"{where}: trait {k} is active but has no reject")
+    return active
+
+def _order(names:list[str]) -> list[str]:
+    "PersonaKnob traits in canonical order; any other objectives in order of first appearance."
+    return list(objective_names(names) if set(names) <= set(TRAIT_KEYS) else check_objective_names(names))
+
+def _dataset_objectives(ds, dataset_name:str='train', plain:str=PLAIN_OBJECTIVE) -> dict[str, int]:
+    "{objective: index of its first row} of a pairwise or grouped dataset, in objective order; plain pairs are the one objective `plain`."
+    layout = _layout(ds)
+    if layout == 'prepared': return {}
+    if layout == 'pairs' and 'trait' not in ds.column_names: return {plain: 0} if len(ds) else {}
+    per_row = ([k] for k in ds['trait']) if layout == 'pairs' else (_group_objectives(ex, f"{dataset_name} dataset {_row(ds, i)}") for i, ex in enumerate(ds))
+    first = {}
+    for i, ks in enumerate(per_row):
+        for k in ks:
+            if k in first: continue
+            try: check_objective_names([k], 'trait')
+            except ValueError as e: raise ValueError(f"{dataset_name} dataset {_row(ds, i)}: {e}") from None
+            first[k] = i
+    return {k: first[k] for k in _order(list(first))}
+
+def _explode_groups(groups:datasets.Dataset, dataset_name:str='train') -> datasets.Dataset:
     "Pairs (prompt, chosen, rejected, trait, _group) from grouped rows."
-    recs = []
+    chosen, recs = 'chosen' if 'chosen' in groups.column_names else 'golden', []
     for g, ex in enumerate(groups):
-        for k in parse_traits(ex['traits']):
-            if not ex['rejects'].get(k): raise ValueError(f"group {ex.get('row_id', g)}: trait {k} is active but has no reject")
-            recs.append({'prompt': ex['prompt'], 'chosen': ex['golden'], 'rejected': ex['rejects'][k], 'trait': k, '_group': g})
+        for k in _group_objectives(ex, f"{dataset_name} dataset {_row(groups, g)}"):
+            recs.append({**({'prompt': ex['prompt']} if 'prompt' in ex else {}), 'chosen': ex[chosen], 'rejected': ex['rejects'][k], 'trait': k, '_group': g})
     return datasets.Dataset.from_list(recs)
 
 def _regroup(tokenized:datasets.Dataset, traits:list[str]) -> datasets.Dataset:
@@ -130,18 +174,6 @@ def _regroup(tokenized:datasets.Dataset, traits:list[str]) -> datasets.Dataset:
         recs.append({'prompt_ids': g['full'][:n], 'chosen_ids': g['full'][n:],
                      'rejected_ids': [p[n:] + r for p, r, _ in g['parts']], 'trait_ids': [t for _, _, t in g['parts']]})
     return datasets.Dataset.from_list(recs)
-
-def _keep_traits(ds:datasets.Dataset, keep:list[str]) -> datasets.Dataset:
-    "Only the pairs of the traits in `keep`; groups left without a pair are dropped."
-    if 'trait' in ds.column_names: return ds.filter(lambda r: r['trait'] in keep)
-    ds = ds.map(lambda r: {'traits': [k for k in parse_traits(r['traits']) if k in keep]}, remove_columns=['traits'])
-    return ds.filter(lambda r: len(r['traits']) > 0)
-
-def _dataset_traits(ds) -> list[str]:
-    "Traits that occur in a grouped or pairwise dataset, in canonical order."
-    cols = ds.column_names
-    seen = set(ds['trait']) if 'trait' in cols else {k for t in ds['traits'] for k in parse_traits(t)}
-    return [k for k in TRAIT_KEYS if k in seen]
 
 # %% ../nbs/05_training.ipynb #0365e49a
 @dataclass
@@ -197,7 +229,13 @@ class LagrangianDPOTrainer(DPOTrainer):
         if args is None: raise ValueError("LagrangianDPOTrainer needs a LagrangianDPOConfig")
         if not isinstance(args, LagrangianDPOConfig): raise TypeError(f"args must be a LagrangianDPOConfig, got {type(args).__name__}")
         if train_dataset is None: raise ValueError("`train_dataset` is required")
-        self.traits = list(args.traits or _dataset_traits(train_dataset))
+        found = _dataset_objectives(train_dataset, 'train', self._plain_name(args.traits))
+        self.traits = list(args.traits or found)
+        if not self.traits: raise ValueError("traits: pass them for a dataset that is already tokenised")
+        missing = [k for k in self.traits if found and k not in found]
+        if missing:
+            raise ValueError(f"traits={self.traits}: the train dataset has no pair of {missing}; its objectives are {list(found)}"
+                             + (" (plain pairs, without a `trait` column, are one objective)" if _layout(train_dataset) == 'pairs' and 'trait' not in train_dataset.column_names else ""))
         _check_trait_weights(args.trait_weights, self.traits, required=args.weighting == 'fixed')
         self.dual_state = DualState(traits=tuple(self.traits), **args.dual_settings())
         self.dual_history: list[dict] = []
@@ -216,21 +254,28 @@ class LagrangianDPOTrainer(DPOTrainer):
         self._warn_truncated_pairs(out, args, dataset_name)
         return out
 
+    @staticmethod
+    def _plain_name(traits) -> str:
+        "The objective of plain pairs: the one name in `traits`, else `PLAIN_OBJECTIVE`."
+        return traits[0] if traits and len(traits) == 1 else PLAIN_OBJECTIVE
+
     def _tokenize_rows(self, dataset, processing_class, args, dataset_name):
-        "Tokenise grouped or pairwise rows with TRL's own `_prepare_dataset`, then regroup."
-        cols = dataset.column_names
-        if 'trait_ids' in cols: return dataset
-        if 'golden' not in cols and 'trait' not in cols:
-            raise ValueError(f"{dataset_name} dataset: pairs need a `trait` column (see data.to_pairs), or pass grouped rows (data.to_groups)")
-        other = [k for k in _dataset_traits(dataset) if k not in self.traits]
+        "Tokenise grouped or pairwise rows (any TRL format) with TRL's own `_prepare_dataset`, then regroup."
+        layout = _layout(dataset)
+        if layout == 'prepared': return dataset
+        found = _dataset_objectives(dataset, dataset_name, self._plain_name(self.traits))
+        other = [k for k in found if k not in self.traits]
         if other and not args.drop_other_traits:
-            raise ValueError(f"{dataset_name} dataset has pairs of traits {other} outside traits={self.traits}: add them to `traits`, "
-                             f"or set drop_other_traits=True to train on {self.traits} only")
-        if other: dataset = _keep_traits(dataset, self.traits)
-        if 'golden' in cols:
-            tok = super()._prepare_dataset(_explode_groups(dataset), processing_class, args, dataset_name)
-        else: tok = super()._prepare_dataset(dataset.add_column('_group', list(range(len(dataset)))), processing_class, args, dataset_name)
-        return _regroup(tok, self.traits)
+            plain = " (plain pairs, without a `trait` column)" if layout == 'pairs' and 'trait' not in dataset.column_names else ""
+            raise ValueError(f"{dataset_name} dataset {_row(dataset, found[other[0]])} has objective {other[0]!r}{plain}, which is not in "
+                             f"traits={self.traits} (objectives outside it: {other}): add them to `traits`, or set drop_other_traits=True "
+                             f"to train on {self.traits} only")
+        if layout == 'groups': pairs = _explode_groups(dataset, dataset_name)
+        else:
+            pairs = dataset if 'trait' in dataset.column_names else dataset.add_column('trait', [self._plain_name(self.traits)] * len(dataset))
+            pairs = pairs.add_column('_group', list(range(len(pairs))))
+        if other: pairs = pairs.filter(lambda r: r['trait'] in self.traits)
+        return _regroup(super()._prepare_dataset(pairs, processing_class, args, dataset_name), self.traits)
 
     def _warn_truncated_pairs(self, dataset, args, dataset_name):
         "Warn when truncation leaves a pair's golden and reject identical: such a pair carries no DPO signal."
