@@ -324,32 +324,44 @@ def _scales(self:MFRM, x, alive):
         K[s, cs] = k0 - (cs - cs[0]) * (k0[-1] / (cs[-1] - cs[0]))
     self.K_ = K
 
-def _extremes(self:MFRM, x):
-    "Flag elements with an all-lowest or all-highest score (-1, +1) and drop their ratings, until none is left."
-    alive = np.ones(len(x), bool)
-    status = np.zeros(self.n_beta_, np.int8)
-    while True:
-        changed = False
-        lo_r, hi_r = self.scale_lo_[self.scale_codes_], self.scale_hi_[self.scale_codes_]
-        for f in range(len(self.specs_)):
-            nf, o = len(self.labels_[f]), self.offsets_[f]
-            c = self.codes_[f][alive]
-            cnt = np.bincount(c, minlength=nf)
-            obs = np.bincount(c, weights=x[alive], minlength=nf)
-            mx = np.bincount(c, weights=hi_r[alive], minlength=nf)
-            mn = np.bincount(c, weights=lo_r[alive], minlength=nf)
-            st = status[o:o + nf]
-            new = (cnt > 0) & (st == 0) & ((obs >= mx) | (obs <= mn))
-            if new.any():
-                st[new & (obs >= mx)] = 1; st[new & (obs <= mn) & (obs < mx)] = -1
-                alive &= ~new[self.codes_[f]]; changed = True
-        if not changed:
-            old = (self.scale_lo_.copy(), self.scale_hi_.copy())
-            self._scales(x, alive)  # a category seen only in extreme ratings leaves the scale
-            if np.array_equal(old[0], self.scale_lo_) and np.array_equal(old[1], self.scale_hi_): break
-    self.alive_, self.status_ = alive, status
+def _element_rows(self:MFRM, flag, rows):
+    "Per rating in `rows`, how many of its elements are flagged in `flag` (one boolean per element)."
+    return sum(flag[o + c[rows]].astype(np.int64) for o, c in zip(self.offsets_, self.codes_))
 
-MFRM._scales, MFRM._extremes = _scales, _extremes
+def _extreme_scores(self:MFRM, x, rows, lo_r, hi_r):
+    "Per element, +1 (all highest), -1 (all lowest) or 0 over the ratings `rows` (a boolean mask); 0 without ratings."
+    out = np.zeros(self.n_beta_, np.int8)
+    for f in range(len(self.specs_)):
+        nf, o = len(self.labels_[f]), self.offsets_[f]
+        c = self.codes_[f][rows]
+        b = lambda w: np.bincount(c, weights=w[rows], minlength=nf)
+        cnt, obs = np.bincount(c, minlength=nf), b(x.astype(float))
+        out[o:o + nf] = np.where(cnt == 0, 0, np.where(obs >= b(hi_r), 1, np.where(obs <= b(lo_r), -1, 0)))
+    return out
+
+def _extremes(self:MFRM, x):
+    "FACETS' Xtreme= rule: flag extreme elements, drop ratings with two or more of them, repeat; then the joint fit's ratings."
+    while True:
+        lo_r, hi_r = self.scale_lo_[self.scale_codes_], self.scale_hi_[self.scale_codes_]
+        status, kept = np.zeros(self.n_beta_, np.int8), np.ones(len(x), bool)
+        while True:  # a rating with two extreme elements says nothing about either: drop it, then look again
+            ext = self._extreme_scores(x, kept, lo_r, hi_r)
+            status = np.where(status != 0, status, ext).astype(np.int8)
+            now = kept & (self._element_rows(status != 0, slice(None)) < 2)
+            if np.array_equal(now, kept): break
+            kept = now
+        out = status != 0  # and elements whose score is extreme on the ratings free of extreme elements
+        while True:
+            alive = kept & (self._element_rows(out, slice(None)) == 0)
+            more = (self._extreme_scores(x, alive, lo_r, hi_r) != 0) & ~out
+            if not more.any(): break
+            out |= more
+        old = (self.scale_lo_.copy(), self.scale_hi_.copy())
+        self._scales(x, alive)  # a category seen only in extreme ratings leaves the scale
+        if np.array_equal(old[0], self.scale_lo_) and np.array_equal(old[1], self.scale_hi_): break
+    self.alive_, self.kept_, self.status_ = alive, kept, status
+
+MFRM._scales, MFRM._element_rows, MFRM._extreme_scores, MFRM._extremes = _scales, _element_rows, _extreme_scores, _extremes
 
 # %% ../nbs/07_mfrm.ipynb #9d0cb773
 def _eta(self:MFRM, beta, rows=slice(None)):
@@ -462,7 +474,7 @@ MFRM._kkt, MFRM._check_identified = _kkt, _check_identified
 
 # %% ../nbs/07_mfrm.ipynb #27dae935
 def _posthoc(self:MFRM, x, post):
-    "Measures of elements left out of the joint fit (extreme or without data), others held fixed."
+    "Measures of elements left out of the joint fit, from the ratings FACETS keeps, others held fixed."
     self.posthoc_ = post
     if not post.any(): return
     lo_r, hi_r = self.scale_lo_[self.scale_codes_], self.scale_hi_[self.scale_codes_]
@@ -473,7 +485,7 @@ def _posthoc(self:MFRM, x, post):
             o, nf = self.offsets_[f], len(self.labels_[f])
             pf = post[o:o + nf]
             if not pf.any(): continue
-            rows = np.flatnonzero(pf[self.codes_[f]])
+            rows = np.flatnonzero(pf[self.codes_[f]] & self.kept_)
             c = self.codes_[f][rows]
             T = np.bincount(c, weights=x[rows], minlength=nf)
             T = np.clip(T, np.bincount(c, weights=lo_r[rows], minlength=nf) + adj,
