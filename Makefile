@@ -14,7 +14,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 # cells marked `#| slow` run in `make test` too; `make test NBTEST_ARGS=` skips them
 NBTEST_ARGS ?= --flags slow
 
-.PHONY: setup demo test test-fast notebooks-clean notebooks-synced nbtest pytest bench clean
+.PHONY: setup demo real test test-fast notebooks-clean notebooks-synced nbtest pytest bench clean
 
 # Install only when the metadata changed since the last install; print how long set-up took.
 setup:
@@ -30,6 +30,10 @@ setup:
 
 demo: setup
 	$(BIN)/dignified-peer demo $(DEMO_ARGS)
+
+# the paper's experiment at CPU scale on SmolLM2-135M-Instruct (README, "Results on a real model")
+real: setup
+	$(BIN)/dignified-peer run --config configs/smollm2-cpu.yaml $(REAL_ARGS)
 
 # Notebooks must be clean and in sync with the library (both checked as CI sees them), then every
 # notebook's tests run, then pytest, whose summary line CI reads.
