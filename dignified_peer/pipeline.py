@@ -153,9 +153,10 @@ class Pipeline:
             self.timings[stage] = 0.0
             return
         t0, self.current = time.time(), stage
-        print(f"[stage] {stage:<10} running", flush=True)
-        self.clear(stage)
-        try: STAGE_FUNCS[stage](self.dir, self.cfg, force=force)
+        try:
+            self.clear(stage)
+            print(f"[stage] {stage:<10} running", flush=True)
+            STAGE_FUNCS[stage](self.dir, self.cfg, force=force)
         except BaseException:  # a failed or interrupted stage takes its outputs and everything built on them with it
             self.clear(stage, *dependents(stage)); raise
         dt = time.time() - t0
