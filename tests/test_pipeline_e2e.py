@@ -108,10 +108,10 @@ def test_second_run_skips_every_stage(run):
 
 
 @pytest.mark.parametrize('args,message', [
-    (['run', '--methods', 'sft,dpo9'], "unknown method 'dpo9'"),
+    (['run', '--methods', 'sft,dpo9'], "train.methods[1] must be one of base, sft, pooled, uniform, fixed, lagdpo, got 'dpo9'"),
     (['run', '--data', 'no/such.csv'], 'data.source not found: no/such.csv'),
-    (['run', '--epsilon', '0'], 'train.epsilon must be > 0'),
-    (['run', '--set', 'judges=[{kind: openai, name: gpt, model: gpt-4o-mini}]'], "judge 'gpt' needs an endpoint"),
+    (['run', '--epsilon', '0'], 'train.epsilon must be greater than 0'),
+    (['run', '--set', 'judges=[{kind: openai, name: gpt, model: gpt-4o-mini}]'], "judges[0] (gpt) needs an endpoint"),
 ])
 def test_bad_configuration_fails_at_start_up_in_one_line(tmp_path, args, message):
     r = cli(*args, '--out', str(tmp_path), cwd=tmp_path)
