@@ -32,9 +32,12 @@ def test_pyproject_holds_no_metadata():
 def test_every_notebook_has_a_module():
     nbs = sorted(p for p in (ROOT/'nbs').glob('[0-9]*.ipynb'))
     assert nbs, 'no notebooks'
+    test_only = {'10_real_model.ipynb'}  # slow tests on the real model; it exports nothing and says so
     for nb in nbs:
         cells = json.loads(nb.read_text())['cells']
         exp = [l for c in cells if c['cell_type'] == 'code' for l in c['source'] if l.startswith('#| default_exp')]
+        if nb.name in test_only:
+            assert not exp, nb.name; continue
         assert len(exp) == 1, nb.name
         mod = exp[0].split()[-1]
         assert (ROOT/'dignified_peer'/f'{mod}.py').exists(), f'{nb.name} exports {mod}, missing'
