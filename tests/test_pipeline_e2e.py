@@ -1,14 +1,12 @@
 """The pipeline end to end through the command line, in a subprocess, on a very small configuration."""
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-BIN = Path(sys.executable).parent
+from cli_helpers import cli
+
 PNG = b'\x89PNG\r\n\x1a\n'
 
 SMALL = """
@@ -20,8 +18,6 @@ benchmarks: {xstest_limit: 6, sycophancy_limit: 4}
 """
 
 
-def cli(*args, cwd):
-    return subprocess.run([str(BIN/'dignified-peer'), *args], capture_output=True, text=True, cwd=cwd, timeout=1200)
 
 
 @pytest.fixture(scope='module')

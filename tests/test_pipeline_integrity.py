@@ -13,26 +13,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cli_helpers import BIN, TINY, cli, ran
 from dignified_peer.backends import LoopbackOpenAIServer
 
-BIN = Path(sys.executable).parent
-TINY = """
-model: {tiny_size: test}
-data: {max_test_rows: 4}
-train: {methods: [sft, lagdpo], max_steps: 2, sft_max_steps: 2, per_device_train_batch_size: 4}
-generate: {max_new_tokens: 8}
-benchmarks: {xstest_limit: 2, sycophancy_limit: 2}
-"""
 
 
-def cli(*args, cwd, env=None):
-    return subprocess.run([str(BIN/'dignified-peer'), *args], capture_output=True, text=True, cwd=cwd, timeout=1800,
-                          env={**os.environ, **(env or {})})
 
 
-def ran(stdout) -> list[str]:
-    "The stages a run ran (not skipped), in order."
-    return [l.split()[1] for l in stdout.splitlines() if l.startswith('[stage]') and l.rstrip().endswith('running')]
 
 
 def one_line_error(r, *needles):

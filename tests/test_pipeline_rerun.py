@@ -4,20 +4,12 @@ Issue 12's "done means": the settings are gone through one at a time on a tiny c
 steps, 4 test rows), each against the same finished run."""
 import hashlib
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
-TINY = """
-model: {tiny_size: test}
-data: {max_test_rows: 4}
-train: {methods: [sft, lagdpo], max_steps: 2, sft_max_steps: 2, per_device_train_batch_size: 4}
-generate: {max_new_tokens: 8}
-benchmarks: {xstest_limit: 2, sycophancy_limit: 2}
-"""
+from cli_helpers import TINY, cli, ran
+
 STAGES = ['data', 'train', 'select', 'generate', 'judge', 'calibrate', 'benchmark', 'gradnorm', 'figures', 'report']
 AFTER_GENERATE = ['generate', 'judge', 'calibrate', 'benchmark', 'figures', 'report']
 
@@ -35,12 +27,8 @@ CASES = {
 }
 
 
-def cli(*args, cwd):
-    return subprocess.run([str(BIN/'dignified-peer'), *args], capture_output=True, text=True, cwd=cwd, timeout=1800)
 
 
-def ran(stdout) -> list[str]:
-    return [l.split()[1] for l in stdout.splitlines() if l.startswith('[stage]') and l.rstrip().endswith('running')]
 
 
 def digest(p: Path) -> str:
