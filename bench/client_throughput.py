@@ -11,7 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from dignified_peer.backends import LoopbackOpenAIServer, OpenAIBackend
+from dignified_peer.backends import OpenAIBackend
+from dignified_peer.testing import LoopbackOpenAIServer
 
 
 def serve(latency, conn):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from dignified_peer.backends import CompletionCache, LoopbackOpenAIServer, OpenAIBackend, cache_key
+from dignified_peer.backends import CompletionCache, OpenAIBackend, cache_key
+from dignified_peer.testing import LoopbackOpenAIServer
 from dignified_peer.core import setup_logging
 
 SECRET = 'sk-test-SECRET-do-not-store-0123456789'

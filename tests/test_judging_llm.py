@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dignified_peer.backends import LoopbackOpenAIServer, OpenAIBackend
+from dignified_peer.backends import OpenAIBackend
+from dignified_peer.testing import LoopbackOpenAIServer
 from dignified_peer.judging import (RATING_COLUMNS, XSTEST_LABELLED, JudgePanel, LLMJudge, RatingRequest, classify_refusal,
                                     golden_vs_reject, judge_messages, offline_judges, prefix_refusal, refusal_agreement, rubric)
 

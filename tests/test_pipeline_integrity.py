@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from cli_helpers import BIN, TINY, cli, ran
-from dignified_peer.backends import LoopbackOpenAIServer
+from dignified_peer.testing import LoopbackOpenAIServer
 
 
 
