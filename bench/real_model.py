@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 
 from dignified_peer.core import load_model, resolve_model
 from dignified_peer.data import load_personaknob, to_groups
-from dignified_peer.judging import sequence_logps
+from dignified_peer.benchmarks import sequence_logps
 from dignified_peer.pipeline import load_config
 from dignified_peer.training import train
 

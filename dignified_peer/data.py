@@ -29,10 +29,10 @@ from .core import TRAIT_KEYS, TraitParseError, data_dir, get_logger, mask_label,
 __all__ = ['REJECT_COLUMNS', 'CARD_COLUMNS', 'TEXT_COLUMNS', 'MINI_DATASET', 'HUB_DATASET', 'READERS', 'PROBLEM_KINDS',
            'FEATURES', 'GROUP_FEATURES', 'PersonaKnobFileError', 'read_table', 'atomic_path', 'atomic_write',
            'RunFileError', 'read_jsonl', 'append_jsonl', 'content_hash', 'Problem', 'ValidationReport',
-           'PersonaKnobValidationError', 'validate_personaknob', 'PersonaKnobRow', 'is_hub_id', 'load_personaknob',
-           'save_personaknob', 'OrderConflictError', 'PreferenceOrder', 'order_relation', 'hasse_edges', 'find_cycle',
-           'merge_orders', 'plot_order', 'to_pairs', 'to_groups', 'pairs_to_groups', 'length_ratio', 'dataset_stats',
-           'plot_dataset_distribution']
+           'PersonaKnobValidationError', 'as_text', 'validate_personaknob', 'PersonaKnobRow', 'is_blank', 'is_hub_id',
+           'load_personaknob', 'save_personaknob', 'OrderConflictError', 'PreferenceOrder', 'order_relation',
+           'hasse_edges', 'find_cycle', 'merge_orders', 'plot_order', 'to_pairs', 'to_groups', 'pairs_to_groups',
+           'length_ratio', 'dataset_stats', 'plot_dataset_distribution']
 
 # %% ../nbs/01_data.ipynb #77c1a212
 REJECT_COLUMNS: dict[str, str] = {k: f'reject_{k}' for k in TRAIT_KEYS}
@@ -276,7 +276,8 @@ class PersonaKnobValidationError(ValueError):
 # %% ../nbs/01_data.ipynb #82569cf2
 def _norm(s:str) -> str: return ' '.join(str(s).split())
 
-def _text(v) -> str:
+def as_text(v) -> str:
+    "A cell as text: '' for None or NaN (an empty CSV cell), else `str(v)`."
     if v is None or (isinstance(v, float) and np.isnan(v)): return ''
     return str(v)
 
@@ -289,13 +290,13 @@ def _row_problems(i:int, rid:str, r:dict, inactive_rejects:str, ignored:Counter)
     except TraitParseError as e:
         kind = 'mask_empty' if 'empty trait list' in str(e) else 'unknown_trait' if 'unknown trait' in str(e) else 'mask_unparseable'
         P('mask', kind, str(e))
-    if not _text(r['prompt']).strip(): P('prompt', 'empty_prompt', 'the prompt is empty')
-    golden = _text(r['golden'])
+    if not as_text(r['prompt']).strip(): P('prompt', 'empty_prompt', 'the prompt is empty')
+    golden = as_text(r['golden'])
     if not golden.strip(): P('golden', 'missing_golden', 'the golden response is empty')
     if mask is None: return None, out
     rejects = {}  # normalised reject text -> the first column that holds it
     for k in TRAIT_KEYS:
-        col = REJECT_COLUMNS[k]; rej = _text(r[col])
+        col = REJECT_COLUMNS[k]; rej = as_text(r[col])
         if k in mask:
             if not rej.strip(): P(col, 'missing_reject', f"trait {k} is active but {col} is empty"); continue
             if golden.strip() and _norm(rej) == _norm(golden): P(col, 'reject_equals_golden', f"{col} is identical to the golden")
@@ -335,14 +336,14 @@ def validate_personaknob(df:pd.DataFrame, # raw rows with the card's columns (an
         report.problems += _id_problems(i, r['row_id'], id_col, positions)
         mask, probs = _row_problems(i, r['row_id'], r, inactive_rejects, report.ignored)
         masks.append(mask); report.problems += probs
-        p = _norm(_text(r['prompt'])).lower()
+        p = _norm(as_text(r['prompt'])).lower()
         if p:
             first = seen.setdefault(p, (r['split'], r['row_id']))
             if first[0] != r['split']:
                 report.problems.append(Problem(i, r['row_id'], 'prompt', 'duplicate_prompt_across_splits',
                                                f"the prompt also appears in split {first[0]!r} (row id {first[1]})"))
     out = pd.DataFrame(records, columns=df.columns)
-    for c in TEXT_COLUMNS: out[c] = out[c].map(_text)
+    for c in TEXT_COLUMNS: out[c] = out[c].map(as_text)
     out['mask'] = [list(m) if m is not None else None for m in masks]
     bad = {p.row for p in report.problems}
     if bad and strict: raise PersonaKnobValidationError(report, df.attrs.get('source', ''))
@@ -356,11 +357,11 @@ def validate_personaknob(df:pd.DataFrame, # raw rows with the card's columns (an
 def _with_ids(df:pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
     if 'split' not in df.columns: df['split'] = 'train'
-    df['split'] = df['split'].map(lambda s: _text(s).strip() or 'train')
+    df['split'] = df['split'].map(lambda s: as_text(s).strip() or 'train')
     if 'row_id' not in df.columns:
-        if 'id' in df.columns: df['row_id'] = df['id'].map(_text)
+        if 'id' in df.columns: df['row_id'] = df['id'].map(as_text)
         else: df['row_id'] = [f'{s}-{n:04d}' for s, n in zip(df['split'], df.groupby('split').cumcount())]
-    df['row_id'] = df['row_id'].map(_text)
+    df['row_id'] = df['row_id'].map(as_text)
     return df
 
 # %% ../nbs/01_data.ipynb #8cfcbbf9
@@ -392,7 +393,9 @@ class PersonaKnobRow:
 FEATURES = {'mask': datasets.Sequence(datasets.Value('string')), 'row_id': datasets.Value('string'),
             'split': datasets.Value('string'), **{c: datasets.Value('string') for c in TEXT_COLUMNS}}
 
-def _missing(v) -> bool: return v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip())
+def is_blank(v) -> bool:
+    "True for a cell that holds nothing: None, NaN (an empty CSV cell) or only whitespace."
+    return v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip())
 
 def _number(v):
     "The number a cell holds, or None; text counts only when it reads back exactly ('0.5' does, '007' and '1e3' do not)."
@@ -407,10 +410,10 @@ def _number(v):
 
 def _extra(col:pd.Series) -> pd.Series:
     "An unknown column, kept: numbers (or text that is exactly a number, as CSV gives) stay numeric, anything else is text."
-    vals = [v for v in col if not _missing(v)]
+    vals = [v for v in col if not is_blank(v)]
     if vals and all(_number(v) is not None for v in vals):
-        return pd.to_numeric(col.map(lambda v: None if _missing(v) else _number(v)), errors='coerce')
-    return col.map(_text)
+        return pd.to_numeric(col.map(lambda v: None if is_blank(v) else _number(v)), errors='coerce')
+    return col.map(as_text)
 
 def _to_dataset(df:pd.DataFrame) -> datasets.Dataset:
     df = df.copy()

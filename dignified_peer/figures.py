@@ -178,7 +178,7 @@ def build_figures(run:str|Path, # a run directory written by the pipeline
                  ) -> dict[str, Path]:
     "Rebuild every figure the run's tables allow; returns name -> PNG path. Missing inputs are logged, not fatal."
     from dignified_peer import mfrm as M
-    from dignified_peer.judging import plot_benchmarks
+    from dignified_peer.benchmarks import plot_benchmarks
     log = get_logger('figures')
     folder, out = run_path(run, 'figures'), {}
     def make(name, fn):

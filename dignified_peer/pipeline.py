@@ -274,7 +274,7 @@ def trained_models(run:Path, cfg:dict) -> dict[str, Path]:
 
 def stage_select(run:Path, cfg:dict, force:bool=False):
     "PersonaKnob selection accuracy per trait, by likelihood and by implicit reward against each model's reference."
-    from dignified_peer.judging import selection_metrics, selection_pairs, selection_scores
+    from dignified_peer.benchmarks import selection_metrics, selection_pairs, selection_scores
     rows, details, ref_scores = _split_rows(run, 'test'), [], {}
     for method, path in trained_models(run, cfg).items():
         model, tok = load_model(path)
@@ -411,7 +411,7 @@ def stage_calibrate(run:Path, cfg:dict, force:bool=False):
 # %% ../nbs/09_pipeline.ipynb #a4b632e7
 def stage_benchmark(run:Path, cfg:dict, force:bool=False):
     "XSTest and sycophancy for every model; one summary table with the selection accuracy."
-    from dignified_peer.judging import benchmark_summary, run_sycophancy, run_xstest
+    from dignified_peer.benchmarks import benchmark_summary, run_sycophancy, run_xstest
     b, xs, sy = cfg['benchmarks'], [], []
     for method, path in trained_models(run, cfg).items():
         be = _backend(run, cfg, method, path, refresh=force)
