@@ -14,13 +14,15 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
+from trl.data_utils import _tokenize, common_prefix_length
 
 from .core import EPSILON, TRAIT_KEYS, TraitParseError, _split_trait_string, parse_traits
 
 # %% auto #0
 __all__ = ['FORMULATIONS', 'OBJECTIVE_NAME', 'ESTIMATES', 'DUAL_SETTINGS', 'dpo_logits', 'trait_indices', 'per_trait_dpo_losses',
            'constraint_names', 'check_objective_names', 'objective_names', 'check_dual_settings', 'DualState',
-           'lagrangian_weights', 'lagrangian_value', 'completion_logps', 'gradient_share_table']
+           'lagrangian_weights', 'lagrangian_value', 'tokenize_completion', 'completion_logps', 'gradient_share_table']
 
 # %% ../nbs/04_lagrangian.ipynb #6ad96255
 def dpo_logits(policy_chosen_logps:torch.Tensor, # log pi_theta(y*|x), one per pair
@@ -283,26 +285,66 @@ def lagrangian_value(losses:torch.Tensor, # per-trait losses L_k, shape (K,)
     return losses.mean() + sum(lam[c] * (losses[i] - losses[j] - tol[i]) for c, (i, j) in enumerate(pairs))
 
 # %% ../nbs/04_lagrangian.ipynb #021912a9
+def _chat(tokenizer, chat_template):
+    "Whether to score in the chat format: the training default is the chat format when the tokenizer has a template."
+    return bool(getattr(tokenizer, 'chat_template', None)) if chat_template is None else chat_template
+
+def tokenize_completion(tokenizer, # the model's tokenizer
+                        prompt, # a user message (str) or a list of chat messages
+                        completion, # the response (str) or a list of assistant messages
+                        chat_template:bool|None=None, # chat format; None: when the tokenizer has a template (as `train` does)
+                       ) -> tuple[list[int], list[int]]:
+    "(prompt_ids, completion_ids) of one pair, split as TRL's `DPOTrainer` splits it in training."
+    if isinstance(prompt, list) or _chat(tokenizer, chat_template):
+        p = prompt if isinstance(prompt, list) else [{'role': 'user', 'content': str(prompt)}]
+        c = completion if isinstance(completion, list) else [{'role': 'assistant', 'content': str(completion)}]
+        p_ids = _tokenize(tokenizer, p, add_generation_prompt=True)['input_ids']
+        full = _tokenize(tokenizer, p + c)['input_ids']
+    else:
+        c = str(completion) if str(completion).endswith(tokenizer.eos_token) else str(completion) + tokenizer.eos_token
+        p_ids, full = _tokenize(tokenizer, str(prompt))['input_ids'], _tokenize(tokenizer, str(prompt) + c)['input_ids']
+    n = common_prefix_length(p_ids, full)
+    return full[:n], full[n:]
+
+# %% ../nbs/04_lagrangian.ipynb #eb185f93
 def completion_logps(model, # a causal LM
                      tokenizer, # its tokenizer
-                     prompts:Sequence[str], # user messages
-                     completions:Sequence[str], # responses, one per prompt
-                     chat_template:bool=False, # wrap each prompt in the tokenizer's chat template (as training does)
-                    ) -> torch.Tensor:
-    "log pi(y|x) summed over the completion tokens and eos, one per pair, in one padded forward (differentiable)."
-    if chat_template: prompts = [tokenizer.apply_chat_template([{'role': 'user', 'content': str(x)}], tokenize=False, add_generation_prompt=True) for x in prompts]
-    p_ids = [tokenizer(str(x), add_special_tokens=not chat_template)['input_ids'] for x in prompts]
-    c_ids = [tokenizer(str(y) + tokenizer.eos_token, add_special_tokens=False)['input_ids'] for y in completions]
-    T = max(len(p) + len(c) for p, c in zip(p_ids, c_ids))
-    dev = next(model.parameters()).device
-    ids = torch.full((len(p_ids), T), tokenizer.pad_token_id); mask = torch.zeros(len(p_ids), T - 1)
-    att = torch.zeros(len(p_ids), T, dtype=torch.long)
-    for i, (p, c) in enumerate(zip(p_ids, c_ids)):
-        ids[i, :len(p) + len(c)] = torch.tensor(p + c); att[i, :len(p) + len(c)] = 1
-        mask[i, len(p) - 1:len(p) + len(c) - 1] = 1  # positions that predict completion tokens
-    ids, att, mask = ids.to(dev), att.to(dev), mask.to(dev)
-    logp = torch.log_softmax(model(ids, attention_mask=att).logits[:, :-1].double(), -1).gather(-1, ids[:, 1:, None])[..., 0]
-    return (logp * mask).sum(1)
+                     prompts:Sequence, # user messages (str) or chat message lists
+                     completions:Sequence, # responses (str or assistant messages), one per prompt
+                     batch_size:int|None=8, # sequences per forward pass (None: all in one)
+                     per_token:bool=False, # also return the number of scored tokens of each completion
+                     progress:bool=False, # show a progress bar (long on a real model)
+                     chat_template:bool|None=None, # chat format; None: when the tokenizer has a template (as `train` does)
+                     grad:bool=False, # differentiable float64 tensor (model mode untouched) instead of no-grad numpy in eval mode
+                    ):
+    "Sum of log pi(completion tokens | prompt) per pair, tokenised as TRL trains (float64 numpy, or a tensor with `grad`); with `per_token` also the token counts."
+    prompts, completions = list(prompts), list(completions)
+    if len(prompts) != len(completions): raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
+    split = [tokenize_completion(tokenizer, p, c, chat_template) for p, c in zip(prompts, completions)]
+    counts = np.array([len(c) for _, c in split], dtype=np.int64)
+    order = sorted(range(len(split)), key=lambda i: len(split[i][0]) + len(split[i][1]))  # similar lengths share a batch
+    bs = batch_size or max(len(order), 1)
+    dev, pad_id = next(model.parameters()).device, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    was_training, out = model.training, []
+    if not grad: model.eval()
+    try:
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            for b in tqdm(range(0, len(order), bs), desc='scoring', unit='batch', disable=not progress, leave=False):
+                idx = order[b:b + bs]
+                T = max(len(split[i][0]) + len(split[i][1]) for i in idx)
+                ids = torch.full((len(idx), T), pad_id, dtype=torch.long); att = torch.zeros_like(ids); mask = torch.zeros(len(idx), T - 1)
+                for r, i in enumerate(idx):
+                    p, c = split[i]
+                    ids[r, :len(p) + len(c)] = torch.tensor(p + c); att[r, :len(p) + len(c)] = 1
+                    mask[r, len(p) - 1:len(p) + len(c) - 1] = 1  # positions that predict completion tokens
+                ids, att, mask = ids.to(dev), att.to(dev), mask.to(dev)
+                logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].double()
+                out.append((torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0] * mask).sum(1))
+    finally:
+        model.train(was_training)
+    lp = torch.cat(out)[torch.argsort(torch.tensor(order))] if out else torch.zeros(0, dtype=torch.float64)
+    if not grad: lp = lp.detach().cpu().numpy()
+    return (lp, counts) if per_token else lp
 
 # %% ../nbs/04_lagrangian.ipynb #356d24fe
 def gradient_share_table(policy, # the model whose update is analysed
@@ -312,14 +354,14 @@ def gradient_share_table(policy, # the model whose update is analysed
                          weightings:dict[str, dict], # name -> {trait: lambda_k} (weights 1/K + lambda_k); 'uniform' is always added
                          beta:float=0.1, # DPO beta
                          params=None, # parameters to differentiate; every trainable one when None
-                         chat_template:bool=True, # wrap prompts in the chat template, as training does
+                         chat_template:bool|None=None, # chat format; None: when the tokenizer has a template (as training does)
                         ) -> pd.DataFrame:
     "Per-trait loss, gradient norm and share of the update under uniform and Lagrangian weights."
     P = pd.DataFrame(pairs)
     traits = list(objective_names(list(dict.fromkeys(P['trait']))))
     params = [p for p in policy.parameters() if p.requires_grad] if params is None else list(params)
-    pc, pr = (completion_logps(policy, tokenizer, P['prompt'], P[c], chat_template) for c in ('chosen', 'rejected'))
-    with torch.no_grad(): rc, rr = (completion_logps(ref_model, tokenizer, P['prompt'], P[c], chat_template) for c in ('chosen', 'rejected'))
+    pc, pr = (completion_logps(policy, tokenizer, P['prompt'], P[c], chat_template=chat_template, grad=True) for c in ('chosen', 'rejected'))
+    rc, rr = (torch.from_numpy(completion_logps(ref_model, tokenizer, P['prompt'], P[c], chat_template=chat_template)) for c in ('chosen', 'rejected'))
     L, _ = per_trait_dpo_losses(pc, pr, rc, rr, list(P['trait']), beta, trait_keys=traits)
     G = torch.stack([torch.cat([g.reshape(-1).double() for g in torch.autograd.grad(L[i], params, retain_graph=True)]) for i in range(len(traits))])
     rows = []
