@@ -17,7 +17,8 @@ SIZES = {10_000: 25, 100_000: 250, 1_000_000: 2_500}
 
 
 def one(n_items: int) -> dict:
-    from dignified_peer.mfrm import MFRM, simulate_ratings
+    from dignified_peer.mfrm import MFRM
+    from dignified_peer.simulation import simulate_ratings
     df, _ = simulate_ratings(n_models=20, n_items=n_items, n_judges=5, seed=0)
     t0 = time.perf_counter()
     m = MFRM().fit(df)

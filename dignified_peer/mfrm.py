@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -13,13 +14,14 @@ import numpy as np
 import pandas as pd
 from scipy import sparse, stats
 from scipy.sparse import linalg as spla
+from fastcore.basics import patch
 from scipy.sparse.csgraph import connected_components
 
 from .core import GROUPS, TRAIT_KEYS
 
 # %% auto #0
-__all__ = ['DisconnectedDesignError', 'MFRMConvergenceWarning', 'check_connectivity', 'MFRM', 'simulate_ratings', 'wright_map',
-           'trait_measures_plot', 'dignity_peer_plane', 'judge_severity_plot', 'category_curves']
+__all__ = ['DisconnectedDesignError', 'MFRMConvergenceWarning', 'check_connectivity', 'MFRM', 'wright_map', 'trait_measures_plot',
+           'dignity_peer_plane', 'judge_severity_plot', 'category_curves']
 
 # %% ../nbs/07_mfrm.ipynb #8bc843b2
 class DisconnectedDesignError(ValueError):
@@ -140,61 +142,64 @@ class MFRM:
                  if hasattr(self, 'data_') else 'not fitted')
         return f"MFRM(target={_facet_name(self.target)}, facets={[_facet_name(f) for f in self.facets]}: {state})"
 
-    def fit(self, df: pd.DataFrame # long ratings: target, facet and score columns
-           ) -> MFRM:
-        "Joint maximum-likelihood estimates by Newton steps on the constrained (KKT) Fisher system."
-        data, x = self._prepare(df)
-        self._build(data, x)
-        rows = np.flatnonzero(self.alive_)
-        xa, sca = x[rows], self.scale_codes_[rows]
-        n_el = np.zeros(self.n_beta_, np.int64)
-        for f in range(len(self.specs_)):
-            n_el[self.offsets_[f]:self.offsets_[f] + len(self.labels_[f])] = np.bincount(
-                self.codes_[f][rows], minlength=len(self.labels_[f]))
-        in_fit = (n_el > 0) & (self.status_ == 0)
-        free = np.concatenate([np.flatnonzero(in_fit & ~self.anchored_), np.arange(self.n_beta_, self.n_params_)])
-        crows = self._constraints(in_fit)
-        theta = np.concatenate([self.beta_, self.K_[self.kfree_ >= 0]])  # kfree numbers them in this order
-        L = self._layout(rows, xa, sca)
-        self.history_, self.converged_, it, ascent = [], False, 0, True
-        for it in range(1, self.max_iter + 1):
-            ll, g, H = self._score_info(theta, L)
-            lu, A = self._kkt(H, free, crows)
-            if it == 1: self._check_identified(lu, A, free)
-            step = lu.solve(np.concatenate([g[free], np.zeros(len(crows))]))[:len(free)]
-            if not np.all(np.isfinite(step)):
-                raise DisconnectedDesignError("the information matrix is singular: the design does not identify every measure")
-            # convergence is judged on the undamped step: a damped one is small whenever the line search gives up
-            newton = float(np.abs(step).max()) if len(step) else 0.0
-            if newton > 2.0: step *= 2.0 / newton  # at most 2 logits a step, as FACETS and Winsteps limit it
-            t = 1.0
-            while True:  # the log-likelihood is concave, so halving the step should end in an ascent
-                new = theta.copy(); new[free] += t * step
-                ll_new = self._loglik(new, rows, xa, sca)
-                ascent = ll_new >= ll - 1e-10 * abs(ll)
-                if ascent or t < 1e-4: break
-                t /= 2
-            if ascent: theta, ll = new, ll_new  # a step that lowers the likelihood is never taken
-            self.history_.append((it, ll, newton))
-            if newton < self.tol: self.converged_ = True; break
-            if not ascent: break  # the same point gives the same step: more iterations cannot help
-        self.n_iter_ = it
-        if not self.converged_ and not ascent:
-            warnings.warn(f"MFRM line search failed at iteration {it}: no fraction (down to 1/16384) of the Newton step "
-                          f"({newton:.2g} logits > tol {self.tol:g}) raises the log-likelihood; the fit stopped unconverged",
-                          MFRMConvergenceWarning, stacklevel=2)
-        elif not self.converged_:
-            last = f" (last Newton step {self.history_[-1][2]:.2g} logits > tol {self.tol:g})" if self.history_ else ''
-            warnings.warn(f"MFRM did not converge in {self.max_iter} iterations{last}", MFRMConvergenceWarning, stacklevel=2)
-        self.loglik_ = self.history_[-1][1] if self.history_ else self._loglik(theta, rows, xa, sca)
-        self.beta_, self.K_ = theta[:self.n_beta_].copy(), self._K_from(theta)
-        self._posthoc(x, ~in_fit & ~self.anchored_)
-        self._covariance(theta, L, free, crows)
-        self.data_, self.x_ = data, x
-        self._residuals()
-        return self
+# %% ../nbs/07_mfrm.ipynb #3e2e015d
+@patch
+def fit(self:MFRM, df: pd.DataFrame # long ratings: target, facet and score columns
+       ) -> MFRM:
+    "Joint maximum-likelihood estimates by Newton steps on the constrained (KKT) Fisher system."
+    data, x = self._prepare(df)
+    self._build(data, x)
+    rows = np.flatnonzero(self.alive_)
+    xa, sca = x[rows], self.scale_codes_[rows]
+    n_el = np.zeros(self.n_beta_, np.int64)
+    for f in range(len(self.specs_)):
+        n_el[self.offsets_[f]:self.offsets_[f] + len(self.labels_[f])] = np.bincount(
+            self.codes_[f][rows], minlength=len(self.labels_[f]))
+    in_fit = (n_el > 0) & (self.status_ == 0)
+    free = np.concatenate([np.flatnonzero(in_fit & ~self.anchored_), np.arange(self.n_beta_, self.n_params_)])
+    crows = self._constraints(in_fit)
+    theta = np.concatenate([self.beta_, self.K_[self.kfree_ >= 0]])  # kfree numbers them in this order
+    L = self._layout(rows, xa, sca)
+    self.history_, self.converged_, it, ascent = [], False, 0, True
+    for it in range(1, self.max_iter + 1):
+        ll, g, H = self._score_info(theta, L)
+        lu, A = self._kkt(H, free, crows)
+        if it == 1: self._check_identified(lu, A, free)
+        step = lu.solve(np.concatenate([g[free], np.zeros(len(crows))]))[:len(free)]
+        if not np.all(np.isfinite(step)):
+            raise DisconnectedDesignError("the information matrix is singular: the design does not identify every measure")
+        # convergence is judged on the undamped step: a damped one is small whenever the line search gives up
+        newton = float(np.abs(step).max()) if len(step) else 0.0
+        if newton > 2.0: step *= 2.0 / newton  # at most 2 logits a step, as FACETS and Winsteps limit it
+        t = 1.0
+        while True:  # the log-likelihood is concave, so halving the step should end in an ascent
+            new = theta.copy(); new[free] += t * step
+            ll_new = self._loglik(new, rows, xa, sca)
+            ascent = ll_new >= ll - 1e-10 * abs(ll)
+            if ascent or t < 1e-4: break
+            t /= 2
+        if ascent: theta, ll = new, ll_new  # a step that lowers the likelihood is never taken
+        self.history_.append((it, ll, newton))
+        if newton < self.tol: self.converged_ = True; break
+        if not ascent: break  # the same point gives the same step: more iterations cannot help
+    self.n_iter_ = it
+    if not self.converged_ and not ascent:
+        warnings.warn(f"MFRM line search failed at iteration {it}: no fraction (down to 1/16384) of the Newton step "
+                      f"({newton:.2g} logits > tol {self.tol:g}) raises the log-likelihood; the fit stopped unconverged",
+                      MFRMConvergenceWarning, stacklevel=2)
+    elif not self.converged_:
+        last = f" (last Newton step {self.history_[-1][2]:.2g} logits > tol {self.tol:g})" if self.history_ else ''
+        warnings.warn(f"MFRM did not converge in {self.max_iter} iterations{last}", MFRMConvergenceWarning, stacklevel=2)
+    self.loglik_ = self.history_[-1][1] if self.history_ else self._loglik(theta, rows, xa, sca)
+    self.beta_, self.K_ = theta[:self.n_beta_].copy(), self._K_from(theta)
+    self._posthoc(x, ~in_fit & ~self.anchored_)
+    self._covariance(theta, L, free, crows)
+    self.data_, self.x_ = data, x
+    self._residuals()
+    return self
 
 # %% ../nbs/07_mfrm.ipynb #1d5bf888
+@patch
 def _scale_cols(self:MFRM):
     t = self.scales
     if t == 'rating_scale': return tuple(c for c in self.target if c == 'trait')
@@ -202,6 +207,8 @@ def _scale_cols(self:MFRM):
         return tuple(c for c in self.target if c == 'trait') + tuple(c for f in self.facets for c in f if c == 'judge')
     return _as_cols(t)
 
+# %% ../nbs/07_mfrm.ipynb #c60c9782
+@patch
 def _prepare(self:MFRM, df):
     need = set(self.target) | {c for f in self.facets for c in f} | {c for i in self.interactions for c in i}
     need |= set(self._scale_cols()) | {self.score}
@@ -225,6 +232,8 @@ def _prepare(self:MFRM, df):
     self.cat_ = np.arange(hi - lo + 1, dtype=float)
     return data, (y - lo).astype(np.int64)
 
+# %% ../nbs/07_mfrm.ipynb #2d4a35bf
+@patch
 def _build(self:MFRM, data, x):
     # facet 0 is the target (+), then facets (-), then interactions (-)
     self.specs_, self.codes_, self.labels_, self.offsets_, self.signs_ = [], [], [], [], []
@@ -252,6 +261,8 @@ def _build(self:MFRM, data, x):
     self.anchored_ = np.zeros(n, bool)
     self._apply_anchors()
 
+# %% ../nbs/07_mfrm.ipynb #0b58fae3
+@patch
 def _apply_anchors(self:MFRM):
     for key, values in self.anchors.items():
         hit = False
@@ -277,6 +288,8 @@ def _apply_anchors(self:MFRM):
         warnings.warn(f"{n_t} target elements are anchored: {n_t - 1} of them constrain the model beyond "
                       "identification (use contrasts(baseline=...) to report relative to a model)", stacklevel=4)
 
+# %% ../nbs/07_mfrm.ipynb #a3f62bbc
+@patch
 def _constraints(self:MFRM, alive_el):
     "Rows of the centring constraints over free parameters (global indices)."
     rows = []
@@ -296,9 +309,8 @@ def _constraints(self:MFRM, alive_el):
             for v in list(pd.unique(lab[c2]))[:-1]: rows.append(idx[(lab[c2] == v).to_numpy()])
     return rows
 
-MFRM._scale_cols, MFRM._prepare, MFRM._build, MFRM._apply_anchors, MFRM._constraints = _scale_cols, _prepare, _build, _apply_anchors, _constraints
-
 # %% ../nbs/07_mfrm.ipynb #77049b02
+@patch
 def _scales(self:MFRM, x, alive):
     "Categories each scale uses (in the ratings still alive); free cumulative thresholds K and starting values."
     S, C, n = len(self.scale_labels_), len(self.cat_), self.n_beta_
@@ -324,10 +336,14 @@ def _scales(self:MFRM, x, alive):
         K[s, cs] = k0 - (cs - cs[0]) * (k0[-1] / (cs[-1] - cs[0]))
     self.K_ = K
 
+# %% ../nbs/07_mfrm.ipynb #8f9d9341
+@patch
 def _element_rows(self:MFRM, flag, rows):
     "Per rating in `rows`, how many of its elements are flagged in `flag` (one boolean per element)."
     return sum(flag[o + c[rows]].astype(np.int64) for o, c in zip(self.offsets_, self.codes_))
 
+# %% ../nbs/07_mfrm.ipynb #a2bc7c73
+@patch
 def _extreme_scores(self:MFRM, x, rows, lo_r, hi_r):
     "Per element, +1 (all highest), -1 (all lowest) or 0 over the ratings `rows` (a boolean mask); 0 without ratings."
     out = np.zeros(self.n_beta_, np.int8)
@@ -339,6 +355,8 @@ def _extreme_scores(self:MFRM, x, rows, lo_r, hi_r):
         out[o:o + nf] = np.where(cnt == 0, 0, np.where(obs >= b(hi_r), 1, np.where(obs <= b(lo_r), -1, 0)))
     return out
 
+# %% ../nbs/07_mfrm.ipynb #44c0b5a4
+@patch
 def _extremes(self:MFRM, x):
     "FACETS' Xtreme= rule: flag extreme elements, drop ratings with two or more of them, repeat; then the joint fit's ratings."
     while True:
@@ -361,45 +379,63 @@ def _extremes(self:MFRM, x):
         if np.array_equal(old[0], self.scale_lo_) and np.array_equal(old[1], self.scale_hi_): break
     self.alive_, self.kept_, self.status_ = alive, kept, status
 
-MFRM._scales, MFRM._element_rows, MFRM._extreme_scores, MFRM._extremes = _scales, _element_rows, _extreme_scores, _extremes
-
 # %% ../nbs/07_mfrm.ipynb #9d0cb773
+@patch
 def _eta(self:MFRM, beta, rows=slice(None)):
     eta = np.zeros(len(self.codes_[0][rows]))
     for f, s in enumerate(self.signs_): eta += s * beta[self.offsets_[f] + self.codes_[f][rows]]
     return eta
 
+# %% ../nbs/07_mfrm.ipynb #4ef719a2
+@patch
 def _K_from(self:MFRM, theta):
     K = self.K_.copy()
     m = self.kfree_ >= 0
     K[m] = theta[self.kfree_[m]]
     return K
 
+# %% ../nbs/07_mfrm.ipynb #8e4883bc
+@patch
 def _loglik(self:MFRM, theta, rows, x, sc):
     eta, K = self._eta(theta, rows), self._K_from(theta)
     _, lz = _category_probs(eta, sc, K, self.cat_)
     return float((x * eta - K[sc, x] - lz).sum())
 
-def _layout(self:MFRM, rows, x, sc):
+# %% ../nbs/07_mfrm.ipynb #a482f3d2
+@dataclass
+class _Layout:
+    "Index arrays of the ratings in the joint fit, fixed across Newton iterations."
+    rows: np.ndarray # the ratings in the fit (indices into the data)
+    x: np.ndarray # their categories, 0-based
+    sc: np.ndarray # their scales
+    idx: list # per facet, each rating's element code
+    cat: list # per category c with a free threshold: (c, ratings whose scale frees it, its parameter index among thresholds)
+    pairs: list # per pair of such categories (c, d): (c, d, ratings freeing both, index of c, index of d)
+    rr: np.ndarray|None = None # the ratings of `cat`, concatenated (None without free thresholds)
+    kk: np.ndarray|None = None # their threshold indices, concatenated
+
+# %% ../nbs/07_mfrm.ipynb #408a7bb0
+@patch
+def _layout(self:MFRM, rows, x, sc) -> _Layout:
     "Index arrays of the ratings in `rows` that stay fixed across Newton iterations."
     nb, C = self.n_beta_, len(self.cat_)
-    L = {'rows': rows, 'x': x, 'sc': sc, 'idx': [self.codes_[f][rows] for f in range(len(self.specs_))]}
     kf = self.kfree_[sc]
-    L['cat'] = [(c, np.flatnonzero(kf[:, c] >= 0)) for c in range(C)]
-    L['cat'] = [(c, r, kf[r, c] - nb) for c, r in L['cat'] if len(r)]
-    L['pairs'] = []
-    for c, rc, kc in L['cat']:
-        for d, rd, kd in L['cat']:
+    cat = [(c, np.flatnonzero(kf[:, c] >= 0)) for c in range(C)]
+    cat = [(c, r, kf[r, c] - nb) for c, r in cat if len(r)]
+    pairs = []
+    for c, rc, kc in cat:
+        for d, rd, kd in cat:
             r = np.flatnonzero((kf[:, c] >= 0) & (kf[:, d] >= 0))
-            if len(r): L['pairs'].append((c, d, r, kf[r, c] - nb, kf[r, d] - nb))
-    if L['cat']:
-        L['rr'] = np.concatenate([r for _, r, _ in L['cat']])
-        L['kk'] = np.concatenate([k for _, _, k in L['cat']])
+            if len(r): pairs.append((c, d, r, kf[r, c] - nb, kf[r, d] - nb))
+    L = _Layout(rows, x, sc, [self.codes_[f][rows] for f in range(len(self.specs_))], cat, pairs)
+    if cat: L.rr, L.kk = np.concatenate([r for _, r, _ in cat]), np.concatenate([k for _, _, k in cat])
     return L
 
+# %% ../nbs/07_mfrm.ipynb #e92f2a1d
+@patch
 def _score_info(self:MFRM, theta, L):
     "Log-likelihood, its gradient and the Fisher information (sparse, every parameter) at `theta`."
-    rows, x, sc, idx = L['rows'], L['x'], L['sc'], L['idx']
+    rows, x, sc, idx = L.rows, L.x, L.sc, L.idx
     eta, K = self._eta(theta, rows), self._K_from(theta)
     P, lz = _category_probs(eta, sc, K, self.cat_)
     E, V, _ = _moments(P, self.cat_)
@@ -417,21 +453,20 @@ def _score_info(self:MFRM, theta, L):
             b = _block(idx[f], idx[h], self.signs_[f] * self.signs_[h] * V, sizes[f], sizes[h])
             blocks[f][h], blocks[h][f] = b, b.T
     if nk:
-        for c, r, k in L['cat']: g[nb:] += np.bincount(k, weights=P[r, c] - (x[r] == c), minlength=nk)
-        ww = np.concatenate([P[r, c] * (self.cat_[c] - E[r]) for c, r, _ in L['cat']])
+        for c, r, k in L.cat: g[nb:] += np.bincount(k, weights=P[r, c] - (x[r] == c), minlength=nk)
+        ww = np.concatenate([P[r, c] * (self.cat_[c] - E[r]) for c, r, _ in L.cat])
         for f in range(F):
-            b = _block(idx[f][L['rr']], L['kk'], -self.signs_[f] * ww, sizes[f], nk)
+            b = _block(idx[f][L.rr], L.kk, -self.signs_[f] * ww, sizes[f], nk)
             blocks[f][F], blocks[F][f] = b, b.T
-        w2 = np.concatenate([(P[r, c] if c == d else 0.0) - P[r, c] * P[r, d] for c, d, r, _, _ in L['pairs']])
-        blocks[F][F] = _block(np.concatenate([p[3] for p in L['pairs']]), np.concatenate([p[4] for p in L['pairs']]),
+        w2 = np.concatenate([(P[r, c] if c == d else 0.0) - P[r, c] * P[r, d] for c, d, r, _, _ in L.pairs])
+        blocks[F][F] = _block(np.concatenate([p[3] for p in L.pairs]), np.concatenate([p[4] for p in L.pairs]),
                               w2, nk, nk)
     else:
         blocks = [row[:-1] for row in blocks[:-1]]
     return ll, g, sparse.bmat(blocks, format='csr')
 
-MFRM._eta, MFRM._K_from, MFRM._loglik, MFRM._layout, MFRM._score_info = _eta, _K_from, _loglik, _layout, _score_info
-
 # %% ../nbs/07_mfrm.ipynb #7dab8d5e
+@patch
 def _kkt(self:MFRM, H, free, crows):
     "LU factors of the constrained system [[H, C'], [C, 0]] over the free parameters, and that matrix."
     pos = -np.ones(self.n_params_, np.int64); pos[free] = np.arange(len(free))
@@ -448,6 +483,8 @@ def _kkt(self:MFRM, H, free, crows):
     except (RuntimeError, spla.MatrixRankWarning):
         return None, A
 
+# %% ../nbs/07_mfrm.ipynb #54f8a67b
+@patch
 def _check_identified(self:MFRM, lu, A, free):
     "Raise DisconnectedDesignError, naming the elements that can shift together, when the system is singular."
     null = None
@@ -470,9 +507,8 @@ def _check_identified(self:MFRM, lu, A, free):
                                   "these elements can shift together without changing any expected rating: "
                                   + '; '.join(parts))
 
-MFRM._kkt, MFRM._check_identified = _kkt, _check_identified
-
 # %% ../nbs/07_mfrm.ipynb #27dae935
+@patch
 def _posthoc(self:MFRM, x, post):
     "Measures of elements left out of the joint fit, from the ratings FACETS keeps, others held fixed."
     self.posthoc_ = post
@@ -500,6 +536,8 @@ def _posthoc(self:MFRM, x, post):
                 if np.abs(d).max() < self.tol * 1e-2: break
         if biggest < self.tol: break
 
+# %% ../nbs/07_mfrm.ipynb #471f384b
+@patch
 def _covariance(self:MFRM, theta, L, free, crows):
     "Covariance of the free estimates: the upper-left block of the inverse constrained (KKT) information."
     nt = len(self.labels_[0])
@@ -512,12 +550,16 @@ def _covariance(self:MFRM, theta, L, free, crows):
     self.cov_index_ = free[want]
     self.cov_ = (X + X.T) / 2
 
+# %% ../nbs/07_mfrm.ipynb #2314c754
+@patch
 def _residuals(self:MFRM):
     "Expected scores, variances and kurtosis of every rating under the final measures."
     P, _ = _category_probs(self._eta(self.beta_), self.scale_codes_, self.K_, self.cat_)
     self.E_, self.V_, self.C4_ = _moments(P, self.cat_)
     self.eta_ = self._eta(self.beta_)
 
+# %% ../nbs/07_mfrm.ipynb #c2fee47c
+@patch
 def _target_cov(self:MFRM):
     "Covariance of all target measures: joint where estimated together, 0 when anchored, diagonal when post hoc."
     nt = len(self.labels_[0])
@@ -531,68 +573,9 @@ def _target_cov(self:MFRM):
         cov[ph, ph] = 1 / V[ph]
     return cov
 
-MFRM._posthoc, MFRM._covariance, MFRM._residuals, MFRM._target_cov = _posthoc, _covariance, _residuals, _target_cov
-
-# %% ../nbs/07_mfrm.ipynb #964b0380
-def simulate_ratings(n_models:int=6, # models (names m01, m02, ...)
-                     traits:Sequence[str]=TRAIT_KEYS, # traits, one rating scale each
-                     n_items:int=40, # items (prompts)
-                     n_judges:int=3, # judges
-                     categories:tuple[int, int]=(1, 5), # lowest and highest category
-                     density:float=1.0, # probability that a (model, item, judge) triple is rated (on every trait)
-                     theta_sd:float=1.0, # S.D. of the true model x trait measures
-                     item_sd:float=0.8, # S.D. of item difficulties
-                     judge_sd:float=0.4, # S.D. of judge severities
-                     severe_judge:float|None=None, # if set, the last judge's severity before centring (logits)
-                     drop_categories:Sequence[int]=(), # categories made impossible (structurally unobserved)
-                     seed:int=0,
-                    ) -> tuple[pd.DataFrame, dict]:
-    "Ratings drawn from a known rating-scale MFRM, and the true parameters on the fitted model's identification."
-    rng = np.random.default_rng(seed)
-    lo, hi = categories
-    C = hi - lo + 1
-    models = [f"m{k + 1:02d}" for k in range(n_models)]
-    items = [f"i{k + 1:04d}" for k in range(n_items)]
-    judges = [f"j{k + 1}" for k in range(n_judges)]
-    T = len(traits)
-    theta = rng.normal(0, theta_sd, (n_models, T))
-    delta = rng.normal(0, item_sd, n_items); delta -= delta.mean()
-    gamma = rng.normal(0, judge_sd, n_judges)
-    if severe_judge is not None: gamma[-1] = severe_judge
-    gamma -= gamma.mean()
-    tau = np.linspace(-1.5, 1.5, C - 1)[None, :] + rng.normal(0, 0.2, (T, C - 1))
-    K = np.concatenate([np.zeros((T, 1)), np.cumsum(tau, 1)], 1)
-    K[:, [c - lo for c in drop_categories]] = np.inf
-    # re-identify each trait's scale (K = 0 at its lowest and highest possible category), moving the shift to theta
-    cat = np.arange(C, dtype=float)
-    for t in range(T):
-        ok = np.flatnonzero(np.isfinite(K[t])); a, b = ok[0], ok[-1]
-        shift = (K[t, b] - K[t, a]) / (b - a)
-        K[t, ok] = K[t, ok] - K[t, a] - (cat[ok] - a) * shift
-        theta[:, t] -= shift
-    m, i, j = np.meshgrid(np.arange(n_models), np.arange(n_items), np.arange(n_judges), indexing='ij')
-    m, i, j = m.ravel(), i.ravel(), j.ravel()
-    if density < 1:
-        keep = rng.random(len(m)) < density
-        m, i, j = m[keep], i[keep], j[keep]
-    n3 = len(m)
-    m, i, j = np.repeat(m, T), np.repeat(i, T), np.repeat(j, T)
-    t = np.tile(np.arange(T), n3)
-    P, _ = _category_probs(theta[m, t] - delta[i] - gamma[j], t, K, cat)
-    u = rng.random(len(m))[:, None]
-    x = (P.cumsum(1) < u).sum(1).clip(0, C - 1)
-    cats = lambda labels, codes: pd.Categorical.from_codes(codes, categories=labels)
-    df = pd.DataFrame({'model': cats(models, m), 'trait': cats(list(traits), t), 'item': cats(items, i),
-                       'judge': cats(judges, j), 'score': (x + lo).astype(np.int64)})
-    truth = {'target': pd.DataFrame({'model': np.repeat(models, T), 'trait': np.tile(list(traits), n_models),
-                                     'Measure': theta.ravel()}),
-             'item': pd.DataFrame({'item': items, 'Measure': delta}),
-             'judge': pd.DataFrame({'judge': judges, 'Measure': gamma}),
-             'thresholds': {tr: np.diff(K[k]) for k, tr in enumerate(traits)}}
-    return df, truth
-
 # %% ../nbs/07_mfrm.ipynb #a356475e
-def _measures(self:MFRM) -> pd.DataFrame:
+@patch
+def measures(self:MFRM) -> pd.DataFrame:
     "FACETS Table 7 for every element of every facet: scores, Measure, S.E.s, infit/outfit and fair average."
     x, E, V, C4 = self.x_.astype(float), self.E_, self.V_, self.C4_
     z2 = (x - E) ** 2 / V
@@ -633,10 +616,9 @@ def _measures(self:MFRM) -> pd.DataFrame:
     out = pd.concat(frames, ignore_index=True)
     return out[['facet', 'element'] + keys + [c for c in out.columns if c not in keys + ['facet', 'element']]]
 
-MFRM.measures = _measures
-
 # %% ../nbs/07_mfrm.ipynb #8fd179c5
-def _facet_summary(self:MFRM) -> pd.DataFrame:
+@patch
+def facet_summary(self:MFRM) -> pd.DataFrame:
     "Per facet (non-extreme elements): mean, S.D., RMSE, adjusted S.D., separation, strata, reliability, fixed chi-square."
     out = []
     for facet, g in self.measures().groupby('facet', sort=False):
@@ -655,10 +637,9 @@ def _facet_summary(self:MFRM) -> pd.DataFrame:
                     'Fixed chi-square': chi, 'd.f.': L - 1, 'p': stats.chi2.sf(chi, L - 1) if L > 1 else np.nan})
     return pd.DataFrame(out)
 
-MFRM.facet_summary = _facet_summary
-
 # %% ../nbs/07_mfrm.ipynb #65e81ed1
-def _thresholds(self:MFRM) -> pd.DataFrame:
+@patch
+def thresholds(self:MFRM) -> pd.DataFrame:
     "Andrich thresholds per scale and category, with S.E. from the joint information (FACETS Table 8 style)."
     S, C = self.kfree_.shape
     k = self.cov_index_ >= self.n_beta_
@@ -685,10 +666,9 @@ def _thresholds(self:MFRM) -> pd.DataFrame:
             rows.append(row)
     return pd.DataFrame(rows)
 
-MFRM.thresholds = _thresholds
-
 # %% ../nbs/07_mfrm.ipynb #77911d1c
-def _unexpected(self:MFRM, bound:float=3.0 # report ratings whose |standardised residual| is at least this
+@patch
+def unexpected(self:MFRM, bound:float=3.0 # report ratings whose |standardised residual| is at least this
                ) -> pd.DataFrame:
     "Unexpected ratings: observed, expected, residual and standardised residual, largest first."
     z = (self.x_ - self.E_) / np.sqrt(self.V_)
@@ -699,10 +679,9 @@ def _unexpected(self:MFRM, bound:float=3.0 # report ratings whose |standardised 
                         'Resd': self.x_[keep] - self.E_[keep], 'StRes': z[keep]})
     return out.iloc[np.argsort(-np.abs(z[keep]), kind='stable')]
 
-MFRM.unexpected = _unexpected
-
 # %% ../nbs/07_mfrm.ipynb #354d631f
-def _bias(self:MFRM, by=('judge', 'trait'), # the interaction to test, as columns of the ratings
+@patch
+def bias(self:MFRM, by=('judge', 'trait'), # the interaction to test, as columns of the ratings
           ) -> pd.DataFrame:
     "Bias/interaction terms estimated cell by cell with every measure held fixed (FACETS Table 13 style)."
     by = _as_cols(by)
@@ -733,9 +712,8 @@ def _bias(self:MFRM, by=('judge', 'trait'), # the interaction to test, as column
                          'd.f.': cnt - 1, 'Prob.': 2 * stats.t.sf(np.abs(t), df_),
                          'Extreme': np.where(T != Tadj, np.where(T > Tadj, 'Maximum', 'Minimum'), '')})
 
-MFRM.bias = _bias
-
 # %% ../nbs/07_mfrm.ipynb #1698b8da
+@patch
 def _composite(self:MFRM, traits:Sequence[str]) -> pd.DataFrame:
     "Per model the mean of its measures on `traits`, with S.E. from the joint covariance (covariances included)."
     lab = self.labels_[0]
@@ -749,6 +727,8 @@ def _composite(self:MFRM, traits:Sequence[str]) -> pd.DataFrame:
                      'se': float(np.sqrt(w @ cov @ w)) if w is not None else np.nan})
     return pd.DataFrame(rows)
 
+# %% ../nbs/07_mfrm.ipynb #6dd50509
+@patch
 def _weights(self:MFRM, models:dict, traits) -> np.ndarray | None:
     "Contrast weights over target elements: sum of models' coefficients times the mean over `traits`."
     lab = self.labels_[0]
@@ -759,18 +739,21 @@ def _weights(self:MFRM, models:dict, traits) -> np.ndarray | None:
         for i in idx: w[i] += coef / len(traits)
     return w
 
-def _dignity_score(self:MFRM) -> pd.DataFrame:
+# %% ../nbs/07_mfrm.ipynb #6ca340a9
+@patch
+def dignity_score(self:MFRM) -> pd.DataFrame:
     "D-hat per model: mean of the A and T measures, with S.E."
     return self._composite(GROUPS['Dignity'])
 
-def _peer_score(self:MFRM) -> pd.DataFrame:
+# %% ../nbs/07_mfrm.ipynb #c5522ba6
+@patch
+def peer_score(self:MFRM) -> pd.DataFrame:
     "P-hat per model: mean of the E and C measures, with S.E."
     return self._composite(GROUPS['Peer'])
 
-MFRM._composite, MFRM._weights, MFRM.dignity_score, MFRM.peer_score = _composite, _weights, _dignity_score, _peer_score
-
 # %% ../nbs/07_mfrm.ipynb #4ab43072
-def _contrasts(self:MFRM, scores=None, # names: traits and/or 'Dignity', 'Peer'; default all traits and both groups
+@patch
+def contrasts(self:MFRM, scores=None, # names: traits and/or 'Dignity', 'Peer'; default all traits and both groups
                baseline=None, # a model: only contrasts against it; None: every pair
               ) -> pd.DataFrame:
     "Pairwise model contrasts (model minus versus) per trait and per group, with joint S.E., z and two-sided p."
@@ -794,8 +777,6 @@ def _contrasts(self:MFRM, scores=None, # names: traits and/or 'Dignity', 'Peer';
             rows.append({'score': sc, 'model': a, 'versus': b, 'Contrast': d, 'S.E.': se, 'z': z,
                          'p': 2 * stats.norm.sf(abs(z))})
     return pd.DataFrame(rows)
-
-MFRM.contrasts = _contrasts
 
 # %% ../nbs/07_mfrm.ipynb #c317bc70
 def _ci(t: pd.DataFrame) -> np.ndarray:

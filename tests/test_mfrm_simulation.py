@@ -1,6 +1,6 @@
 """MFRM recovery over repeated simulations: 95 % interval coverage of the Fisher (joint) S.E.s and recovery RMSE.
 
-Each design is simulated REPS times from known parameters (dignified_peer.mfrm.simulate_ratings) and fitted.
+Each design is simulated REPS times from known parameters (dignified_peer.simulation.simulate_ratings) and fitted.
 Pooled over all target elements and repetitions, the share of 95 % intervals (measure +/- 1.96 Joint S.E.)
 that cover the true measure must lie in [0.90, 0.99]; the recovery RMSE must be under 0.25 logits and within
 25 % of the root mean squared S.E. (the S.E.s describe the actual error). Sizes are modest: about 20 s in all.
@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dignified_peer.mfrm import MFRM, DisconnectedDesignError, simulate_ratings
+from dignified_peer.mfrm import MFRM, DisconnectedDesignError
+from dignified_peer.simulation import simulate_ratings
 
 REPS = 20
 DESIGNS = {

@@ -119,7 +119,7 @@ def test_bad_configuration_fails_at_start_up_in_one_line(tmp_path, args, message
 
 def test_calibrate_subcommand_on_simulated_ratings(run):
     """`calibrate --force` refits the MFRM on the run's ratings file (here replaced by simulated ratings)."""
-    from dignified_peer.mfrm import simulate_ratings
+    from dignified_peer.simulation import simulate_ratings
     d, _ = run
     ratings, _ = simulate_ratings(n_models=3, n_items=30, n_judges=3, seed=0)
     ratings.to_csv(d/'ratings'/'ratings.csv', index=False)

@@ -82,7 +82,7 @@ def test_2_rating_cache_knows_the_endpoint(tmp_path):
 
 # 3. Old results beside a failure
 def test_3_a_failed_calibration_leaves_no_old_results(base):
-    from dignified_peer.mfrm import simulate_ratings
+    from dignified_peer.simulation import simulate_ratings
     d = copy_run(base, 'f3')
     ratings, _ = simulate_ratings(n_models=3, n_items=30, n_judges=3, seed=0)
     ratings.to_csv(d/'ratings'/'ratings.csv', index=False)  # ratings the MFRM can fit: a report with scores
