@@ -115,7 +115,7 @@ def selection_scores(model, # a causal LM
                          'golden': [gi[r.item][0] for r, _ in pairs], 'reject': k,
                          'golden_tokens': [gi[r.item][1] for r, _ in pairs], 'reject_tokens': kn})
 
-def selection_pairs(model, # the policy: a causal LM
+def selection_pairs(model, # the policy: a causal LM, or its `selection_scores` when already computed
                     tokenizer, # its tokenizer
                     groups, # PersonaKnob rows (any shape `references` reads, e.g. `to_groups(ds)`)
                     ref_model=None, # reference model for the implicit reward, or its `selection_scores`; reward rows are skipped when None
@@ -128,7 +128,7 @@ def selection_pairs(model, # the policy: a causal LM
     def scores(m):
         s = m if isinstance(m, pd.DataFrame) else selection_scores(m, tokenizer, groups, batch_size, progress)
         return s.golden.values, s.reject.values, s.golden_tokens.values, s.reject_tokens.values
-    s = selection_scores(model, tokenizer, groups, batch_size, progress)
+    s = model if isinstance(model, pd.DataFrame) else selection_scores(model, tokenizer, groups, batch_size, progress)
     g, k, gn, kn = scores(s)
     # summed log-likelihood favours the shorter text (rejects are often shorter): the per-token mean removes that
     recs = [dict(method='logp', chosen=a, rejected=b) for a, b in zip(g, k)]
@@ -233,7 +233,8 @@ def load_xstest(path:str|Path|None=None, # see `xstest_source`
     else:
         import datasets
         try: df = datasets.load_dataset(src, split='train').to_pandas()
-        except Exception as e: raise FileNotFoundError(f'no local XSTest copy and the Hub ({src}) is unreachable: set XSTEST_PATH') from e
+        except Exception as e: raise FileNotFoundError(f'no XSTest prompts: none at $XSTEST_PATH or {data_dir().parent.parent/"shared"/"data"/"xstest"}, '
+                                        f'and the Hub ({src}) is unreachable; point XSTEST_PATH at a folder holding xstest_prompts.csv') from e
     missing = {'prompt', 'label'} - set(df.columns)
     if missing: raise ValueError(f'XSTest file {src} lacks the columns {sorted(missing)}')
     if 'id' not in df.columns: df.insert(0, 'id', range(1, len(df) + 1))

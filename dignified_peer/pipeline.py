@@ -275,16 +275,17 @@ def trained_models(run:Path, cfg:dict) -> dict[str, Path]:
 def stage_select(run:Path, cfg:dict, force:bool=False):
     "PersonaKnob selection accuracy per trait, by likelihood and by implicit reward against each model's reference."
     from dignified_peer.benchmarks import selection_metrics, selection_pairs, selection_scores
-    rows, details, ref_scores = _split_rows(run, 'test'), [], {}
+    rows, details, scores = _split_rows(run, 'test'), [], {}  # model folder -> its selection_scores: each model is scored once
     for method, path in trained_models(run, cfg).items():
         model, tok = load_model(path)
-        ref = None
-        if method != 'base':
-            ref_path = init_model(run, cfg, method)
-            if ref_path not in ref_scores: ref_scores[ref_path] = selection_scores(load_model(ref_path)[0], tok, rows, progress=True)
-            ref = ref_scores[ref_path]
         print(f"  scoring {method}", flush=True)
-        details.append(selection_pairs(model, tok, rows, ref_model=ref, beta=cfg['train']['beta'], model_name=method, progress=True))
+        if str(path) not in scores: scores[str(path)] = selection_scores(model, tok, rows, progress=True)
+        ref = None
+        if method != 'base':  # the base model is its own reference: no reward rows
+            ref_path = str(init_model(run, cfg, method))
+            if ref_path not in scores: scores[ref_path] = selection_scores(load_model(ref_path)[0], tok, rows, progress=True)
+            ref = scores[ref_path]
+        details.append(selection_pairs(scores[str(path)], tok, rows, ref_model=ref, beta=cfg['train']['beta'], model_name=method))
     details = pd.concat(details, ignore_index=True)
     _to_csv(details, run_path(run, 'selection_details'), index=False)
     summary = selection_metrics(details)
@@ -411,12 +412,21 @@ def stage_calibrate(run:Path, cfg:dict, force:bool=False):
 # %% ../nbs/09_pipeline.ipynb #a4b632e7
 def stage_benchmark(run:Path, cfg:dict, force:bool=False):
     "XSTest and sycophancy for every model; one summary table with the selection accuracy."
-    from dignified_peer.benchmarks import benchmark_summary, run_sycophancy, run_xstest
+    from dignified_peer.benchmarks import benchmark_summary, load_xstest, run_sycophancy, run_xstest, xstest_classifier_agreement
+    from dignified_peer.refusal import REFUSAL_TEST, load_refusal_set
     b, xs, sy = cfg['benchmarks'], [], []
+    with_xstest = b.get('xstest_enabled', True)
+    if with_xstest:
+        try: load_xstest(b['xstest'])  # before any model is asked
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e}, or set benchmarks.xstest in the run config to that folder or file") from None
+        # the classifier's accuracy where labels exist: both classifiers against the hand labels of 06a's test set
+        ag = xstest_classifier_agreement(load_refusal_set(REFUSAL_TEST)).set_index('classifier')
+        print(f"  refusal classifiers vs human labels ({REFUSAL_TEST.name}, {int(ag.n.iloc[0])} completions): "
+              + ', '.join(f"{c} {a:.3f}" for c, a in ag.agreement.items()))
     for method, path in trained_models(run, cfg).items():
         be = _backend(run, cfg, method, path, refresh=force)
-        try: xs.append(run_xstest(be, b['xstest'], limit=b['xstest_limit'], model_name=method, out=run_path(run, 'xstest_responses'), **_sampling(cfg)))
-        except FileNotFoundError as e: print(f"  XSTest skipped for {method}: {e}")
+        if with_xstest: xs.append(run_xstest(be, b['xstest'], limit=b['xstest_limit'], model_name=method, out=run_path(run, 'xstest_responses'), **_sampling(cfg)))
         sy.append(run_sycophancy(be, b['sycophancy'], model_name=method, limit=b['sycophancy_limit'], **_sampling(cfg)))
     if xs: _to_csv(pd.concat(xs, ignore_index=True), run_path(run, 'xstest'), index=False)
     _to_csv(pd.concat(sy, ignore_index=True), run_path(run, 'sycophancy'), index=False)

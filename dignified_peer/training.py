@@ -18,6 +18,8 @@ import datasets
 import numpy as np
 import pandas as pd
 import torch
+from datasets.fingerprint import Hasher
+from fastcore.basics import patch
 from transformers import TrainerCallback, TrainerState
 from transformers.trainer_callback import ExportableState
 from transformers.trainer import TRAINER_STATE_NAME
@@ -29,9 +31,10 @@ from .core import EPSILON, TRAIT_KEYS, get_logger, parse_traits, seed_everything
 from .lagrangian import DUAL_SETTINGS, DualState, check_objective_names, check_dual_settings, lagrangian_weights, objective_names, per_trait_dpo_losses
 
 # %% auto #0
-__all__ = ['WEIGHTINGS', 'PLAIN_OBJECTIVE', 'DUAL_STATE_NAME', 'STATS', 'METHODS', 'TRAIN_DEFAULTS', 'LagrangianDPOConfig',
-           'DataCollatorForPreferenceGroups', 'NonFiniteLossError', 'DualAscentCallback', 'LagrangianDPOTrainer',
-           'history_frame', 'train', 'TrainScriptArguments', 'load_train_config', 'train_cli']
+__all__ = ['WEIGHTINGS', 'PLAIN_OBJECTIVE', 'DUAL_STATE_NAME', 'STATS', 'REF_LOGPS_CACHE', 'METHODS', 'TRAIN_DEFAULTS',
+           'FAST_DEFAULTS', 'LagrangianDPOConfig', 'DataCollatorForPreferenceGroups', 'NonFiniteLossError',
+           'DualAscentCallback', 'LagrangianDPOTrainer', 'LengthGroupedBatches', 'padding_share', 'history_frame',
+           'train', 'TrainScriptArguments', 'load_train_config', 'train_cli']
 
 # %% ../nbs/05_training.ipynb #c02058d4
 WEIGHTINGS: tuple[str, ...] = ('lagrangian', 'uniform', 'fixed', 'pooled')
@@ -79,9 +82,6 @@ class LagrangianDPOConfig(DPOConfig):
                              "f_divergence_type='reverse_kl', ld_alpha=None, use_weighting=False)")
         if self.loss_weights is not None and not _positive_finite(self.loss_weights[0]):
             raise ValueError(f"loss_weights={self.loss_weights!r}: the one weight of the sigmoid loss must be a positive number")
-        if self.precompute_ref_log_probs:
-            raise ValueError("precompute_ref_log_probs is not supported by the grouped forward: pass a `ref_model`, "
-                             "a model path (TRL loads the reference) or a PEFT config")
 
     def dual_settings(self) -> dict:
         "The `DualState` settings these fields give (the baselines freeze the multipliers at 0)."
@@ -197,7 +197,9 @@ class DataCollatorForPreferenceGroups:
             sl = slice(None, self.max_length) if self.truncation_mode == 'keep_start' else slice(-self.max_length, None)
             seqs, masks = [s[sl] for s in seqs], [m[sl] for m in masks]
         kw = dict(padding_side='right', pad_to_multiple_of=self.pad_to_multiple_of)
-        return {'input_ids': pad([torch.tensor(s) for s in seqs], padding_value=self.pad_token_id, **kw),
+        ref = {} if 'ref_chosen_logps' not in examples[0] else {'ref_logps': torch.tensor(
+            [ex['ref_chosen_logps'] for ex in examples] + [v for ex in examples for v in ex['ref_rejected_logps']], dtype=torch.float64)}
+        return {**ref, 'input_ids': pad([torch.tensor(s) for s in seqs], padding_value=self.pad_token_id, **kw),
                 'attention_mask': pad([torch.ones(len(s), dtype=torch.long) for s in seqs], padding_value=0, **kw),
                 'completion_mask': pad([torch.tensor(m, dtype=torch.long) for m in masks], padding_value=0, **kw),
                 'chosen_index': torch.tensor(chosen_index, dtype=torch.long), 'trait_ids': torch.tensor(trait_ids, dtype=torch.long)}
@@ -290,7 +292,7 @@ class LagrangianDPOTrainer(DPOTrainer):
                                                  'max_length=%d: their loss stays ln 2; raise max_length', dataset_name, n, k, L)
 
     def _set_signature_columns_if_needed(self):
-        if self._signature_columns is None: self._signature_columns = ['prompt_ids', 'chosen_ids', 'rejected_ids', 'trait_ids']
+        if self._signature_columns is None: self._signature_columns = ['prompt_ids', 'chosen_ids', 'rejected_ids', 'trait_ids', 'ref_chosen_logps', 'ref_rejected_logps']
 
     def objective_weights(self, counts:torch.Tensor, # per-trait pair counts of what the loss covers
                          ) -> np.ndarray:
@@ -312,7 +314,8 @@ class LagrangianDPOTrainer(DPOTrainer):
         outputs = model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask'], labels=labels,
                         fused_lm_head=True, use_cache=False, **moe)
         logps = outputs.log_probs[:, -(completion_mask.size(1) - 1):].sum(dim=1)
-        ref_logps = torch.cat(self.compute_ref_log_probs(self.ref_model if self.ref_model is not None else self.model, batch))
+        if 'ref_logps' in inputs: ref_logps = inputs['ref_logps'].to(logps.dtype)  # precomputed once (`precompute_ref_log_probs`)
+        else: ref_logps = torch.cat(self.compute_ref_log_probs(self.ref_model if self.ref_model is not None else self.model, batch))
         pc, pr = logps[:n_chosen][chosen_index], logps[n_chosen:]
         rc, rr = ref_logps[:n_chosen][chosen_index], ref_logps[n_chosen:]
         losses, counts = per_trait_dpo_losses(pc, pr, rc, rr, trait_ids, self.beta, self.traits)
@@ -432,9 +435,93 @@ class LagrangianDPOTrainer(DPOTrainer):
         if resume_from_checkpoint: self.load_dual_state(resume_from_checkpoint)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
+# %% ../nbs/05_training.ipynb #9c8044d2
+REF_LOGPS_CACHE = Path(datasets.config.HF_DATASETS_CACHE)/'dignified_peer'/'ref_logps'  # precomputed reference log-probs, one JSON per key
+
+def _group_length(ex:dict) -> int:
+    "The longest sequence (prompt plus golden or a reject) of a tokenised group: the width it pads a batch to."
+    return len(ex['prompt_ids']) + max(len(c) for c in [ex['chosen_ids'], *ex['rejected_ids']])
+
+@patch
+def _precompute_ref_logps(self:LagrangianDPOTrainer, dataset, name:str, batch_size:int):
+    "The dataset with the reference log-probs of every golden and reject, computed once or read from the cache."
+    a = self.args
+    key = Hasher.hash((self._precompute_model_hash, a.max_length, a.truncation_mode,
+                       dataset['prompt_ids'], dataset['chosen_ids'], dataset['rejected_ids']))
+    f = REF_LOGPS_CACHE/f'{key}.json'
+    if f.exists(): ref = json.loads(f.read_text())
+    else:
+        ref = self._reference_logps(dataset, batch_size, name)
+        if self.accelerator.is_main_process:  # every process computed the same numbers; one writes them
+            f.parent.mkdir(parents=True, exist_ok=True); tmp = f.with_suffix(f'.{os.getpid()}.tmp')
+            tmp.write_text(json.dumps(ref)); os.replace(tmp, f)
+    dataset = dataset.remove_columns([c for c in ('ref_chosen_logps', 'ref_rejected_logps') if c in dataset.column_names])
+    return dataset.add_column('ref_chosen_logps', ref['chosen']).add_column('ref_rejected_logps', ref['rejected'])
+
+@patch
+def _reference_logps(self:LagrangianDPOTrainer, dataset, batch_size:int, name:str) -> dict:
+    "{'chosen': [one per row], 'rejected': [[one per reject] per row]} from the reference, as the training step computes them."
+    a, model = self.args, self.ref_model if self.ref_model is not None else self.model
+    collate = DataCollatorForPreferenceGroups(self._tokenizer.pad_token_id, a.max_length, a.truncation_mode, a.pad_to_multiple_of)
+    rows = dataset.select_columns(['prompt_ids', 'chosen_ids', 'rejected_ids', 'trait_ids']).to_list()
+    order = sorted(range(len(rows)), key=lambda i: _group_length(rows[i]))
+    chosen, rejected = [None] * len(rows), [None] * len(rows)
+    get_logger('training').info('computing reference log-probs of the %s dataset (%d rows)', name, len(rows))
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        batch = {k: v.to(self.accelerator.device) for k, v in collate([rows[i] for i in idx]).items() if k in ('input_ids', 'attention_mask', 'completion_mask')}
+        lp, pos = torch.cat(self.compute_ref_log_probs(model, batch)).double().cpu().tolist(), len(idx)
+        for r, i in enumerate(idx):
+            k = len(rows[i]['rejected_ids']); chosen[i], rejected[i] = lp[r], lp[pos:pos + k]; pos += k
+    return {'chosen': chosen, 'rejected': rejected}
+
+# %% ../nbs/05_training.ipynb #ce84451c
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    "Row indices in batches of similar length, in random batch order, reproducible per epoch (`set_epoch`)."
+    def __init__(self, lengths:list[int], # the padded width each row needs
+                 batch_size:int, # rows per batch (per device)
+                 window:int=8, # batches sorted together: larger saves more padding, smaller keeps batches more random
+                 seed:int=0, # seed of the shuffles, combined with the epoch
+                ):
+        self.lengths, self.batch_size, self.window, self.seed, self.epoch = list(lengths), batch_size, window, seed, 0
+    def set_epoch(self, epoch:int): self.epoch = epoch
+    def __len__(self): return len(self.lengths)
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm, w, bs = torch.randperm(len(self.lengths), generator=g).tolist(), self.batch_size * self.window, self.batch_size
+        batches = []
+        for s in range(0, len(perm), w):
+            chunk = sorted(perm[s:s + w], key=lambda i: self.lengths[i])
+            batches += [chunk[b:b + bs] for b in range(0, len(chunk), bs)]
+        full, part = [b for b in batches if len(b) == bs], [b for b in batches if len(b) < bs]  # a short batch stays last
+        return iter([i for k in torch.randperm(len(full), generator=g).tolist() for i in full[k]] + [i for b in part for i in b])
+
+def padding_share(dataset, # a tokenised grouped dataset (the trainer's `train_dataset`)
+                  batches, # lists of row indices
+                  max_length:int|None=None, # truncation, as the collator applies it
+                 ) -> float:
+    "Share of the padded tokens of these batches that are padding (the grouped layout: goldens and rejects pad to the batch's longest)."
+    cap = (lambda n: min(n, max_length)) if max_length else (lambda n: n)
+    seq = [[cap(len(ex['prompt_ids']) + len(c)) for c in [ex['chosen_ids'], *ex['rejected_ids']]] for ex in dataset.select_columns(['prompt_ids', 'chosen_ids', 'rejected_ids'])]
+    real = pad = 0
+    for b in batches:
+        lens = [n for i in b for n in seq[i]]
+        real += sum(lens); pad += len(lens) * max(lens)
+    return 1 - real / pad
+
+@patch
+def _get_train_sampler(self:LagrangianDPOTrainer, train_dataset=None):
+    "`LengthGroupedBatches` under `train_sampling_strategy='group_by_length'`, `Trainer`'s sampler otherwise."
+    ds = self.train_dataset if train_dataset is None else train_dataset
+    if self.args.train_sampling_strategy != 'group_by_length' or not isinstance(ds, datasets.Dataset): return DPOTrainer._get_train_sampler(self, train_dataset)
+    cap = self.args.max_length or math.inf
+    lengths = [min(_group_length(ex), cap) for ex in ds.select_columns(['prompt_ids', 'chosen_ids', 'rejected_ids'])]
+    return LengthGroupedBatches(lengths, self._train_batch_size, seed=self.args.seed)
+
 # %% ../nbs/05_training.ipynb #f6890525
 METHODS: dict[str, str|None] = {'lagdpo': 'lagrangian', 'uniform': 'uniform', 'fixed': 'fixed', 'pooled': 'pooled', 'sft': None}
 TRAIN_DEFAULTS: dict[str, Any] = dict(logging_steps=1, report_to='none')  # per-step history; TRL's defaults otherwise
+FAST_DEFAULTS: dict[str, Any] = dict(precompute_ref_log_probs=True, train_sampling_strategy='group_by_length')  # the preference methods: reference log-probs once, batches of similar length
 
 def _rows(data, split):
     from dignified_peer.data import MINI_DATASET, load_personaknob
@@ -501,7 +588,7 @@ def train(method:str='lagdpo', # 'lagdpo', 'uniform', 'fixed', 'pooled' or 'sft'
     output_dir = Path(args.output_dir if args is not None else output_dir)
     if args is None:
         args_kw = {**TRAIN_DEFAULTS, 'output_dir': str(output_dir), **overrides}
-        if METHODS[method]: args = LagrangianDPOConfig(**{**args_kw, 'weighting': METHODS[method]})
+        if METHODS[method]: args = LagrangianDPOConfig(**{**FAST_DEFAULTS, **args_kw, 'weighting': METHODS[method]})
     elif METHODS[method]:
         args.weighting = METHODS[method]
         if method == 'fixed' and not args.trait_weights: raise ValueError("method 'fixed' needs trait_weights")
@@ -516,7 +603,8 @@ def train(method:str='lagdpo', # 'lagdpo', 'uniform', 'fixed', 'pooled' or 'sft'
         from dignified_peer.data import to_groups, to_pairs
         chat = bool(getattr(tok, 'chat_template', None))  # the chat format generation and evaluation use
         ds = to_pairs(rows, conversational=chat) if method == 'pooled' else to_groups(rows, conversational=chat)
-        ref = None if peft_config is not None else copy.deepcopy(policy).eval()
+        # the disabled adapter, or log-probs precomputed from the initial policy, need no second copy of the model
+        ref = None if peft_config is not None or args.precompute_ref_log_probs else copy.deepcopy(policy).eval()
         trainer = LagrangianDPOTrainer(policy, ref_model=ref, args=args, train_dataset=ds, processing_class=tok,
                                        peft_config=peft_config, callbacks=callbacks)
     if not progress:
