@@ -9,16 +9,16 @@ import asyncio
 import hashlib
 import json
 import os
-import random
 import re
 import sqlite3
 import threading
 import time
-import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 from urllib.parse import urlparse
+
+from fastcore.basics import patch
 
 from .core import get_logger
 
@@ -39,6 +39,7 @@ class Completion:
     cache_key: str = ''           # the request's cache key (provenance)
     model: str = ''               # the model that answered
     latency: float = 0.0          # seconds from the first attempt to the answer (0 when cached)
+    attempts: int = 1             # requests the server received for it, retries included (0 when cached)
 
     @property
     def ok(self) -> bool: return self.error is None and self.text is not None
@@ -65,69 +66,70 @@ class CompletionCache:
                 ):
         self.path, self.timeout = Path(path), timeout
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._conns: list[tuple] = []  # (pid, thread, connection) of every thread, so `close` reaches them all
-        self._lock, self._generation = threading.Lock(), 0
-        with self._conn() as con:
-            con.execute('CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, backend TEXT, model TEXT, '
-                        'request TEXT, text TEXT, finish_reason TEXT, usage TEXT, created REAL)')
-            con.execute('CREATE TABLE IF NOT EXISTS failures (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT, '
-                        'backend TEXT, model TEXT, error TEXT, attempts INTEGER, created REAL)')
+        self._lock, self._con, self._pid = threading.Lock(), None, None
+        self._run('CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, backend TEXT, model TEXT, '
+                  'request TEXT, text TEXT, finish_reason TEXT, usage TEXT, created REAL)')
+        self._run('CREATE TABLE IF NOT EXISTS failures (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT, '
+                  'backend TEXT, model TEXT, error TEXT, attempts INTEGER, created REAL)')
 
-    def _conn(self) -> sqlite3.Connection:
-        # one connection per thread and process: sqlite3 connections must not cross either
-        # (a `close` since this thread opened its connection closed it: the generation tells)
-        con = getattr(self._local, 'con', None)
-        if con is None or getattr(self._local, 'pid', None) != os.getpid() or self._local.generation != self._generation:
-            con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
-            con.execute('PRAGMA journal_mode=WAL')
-            con.execute('PRAGMA synchronous=NORMAL')  # WAL + NORMAL: a committed write survives a killed process
-            with self._lock:
-                # a finished thread's connection would otherwise stay open until `close`
-                for pid, thread, c in [e for e in self._conns if e[0] == os.getpid() and not (e[1]() and e[1]().is_alive())]:
-                    c.close(); self._conns.remove((pid, thread, c))
-                self._conns.append((os.getpid(), weakref.ref(threading.current_thread()), con))
-            self._local.con, self._local.pid, self._local.generation = con, os.getpid(), self._generation
-        return con
-
-    def get(self, key:str) -> dict|None:
-        "The stored completion of `key` as a dict, or None."
-        row = self._conn().execute('SELECT text, finish_reason, usage, model FROM completions WHERE key=?', (key,)).fetchone()
-        if row is None: return None
-        return {'text': row[0], 'finish_reason': row[1], 'usage': json.loads(row[2] or '{}'), 'model': row[3]}
-
-    def put(self, key:str, backend:str, model:str, request:dict, text:str, finish_reason=None, usage=None,
-            replace:bool=False, # overwrite an entry already there (a forced recomputation)
-           ) -> bool:
-        "Store a completion; returns False when the key was already there and not replaced (the first writer wins)."
-        cur = self._conn().execute(f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO completions VALUES (?,?,?,?,?,?,?,?)",
-                                   (key, backend, model, json.dumps(request, ensure_ascii=False), text,
-                                    finish_reason, json.dumps(usage or {}), time.time()))
-        return cur.rowcount == 1
-
-    def record_failure(self, key:str, backend:str, model:str, error:str, attempts:int):
-        "Keep the record of a request that failed after its retries."
-        self._conn().execute('INSERT INTO failures (key, backend, model, error, attempts, created) VALUES (?,?,?,?,?,?)',
-                             (key, backend, model, error, attempts, time.time()))
-
-    def failures(self) -> list[dict]:
-        "Every recorded failure, oldest first."
-        rows = self._conn().execute('SELECT key, backend, model, error, attempts, created FROM failures ORDER BY id').fetchall()
-        return [dict(zip(('key', 'backend', 'model', 'error', 'attempts', 'created'), r)) for r in rows]
-
-    def keys(self) -> set[str]: return {r[0] for r in self._conn().execute('SELECT key FROM completions')}
-    def __contains__(self, key:str) -> bool: return self.get(key) is not None
-    def __len__(self) -> int: return self._conn().execute('SELECT COUNT(*) FROM completions').fetchone()[0]
-    def __repr__(self): return f"CompletionCache({str(self.path)!r}, {len(self)} completions)"
+    def _run(self, sql:str, params:tuple=()) -> tuple[list, int]:
+        "Run one statement under the lock: its rows and its row count."
+        with self._lock:
+            if self._con is None or self._pid != os.getpid():  # a forked child must not share its parent's connection
+                self._con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+                self._con.execute('PRAGMA journal_mode=WAL')
+                self._con.execute('PRAGMA synchronous=NORMAL')  # WAL + NORMAL: a committed write survives a killed process
+                self._pid = os.getpid()
+            cur = self._con.execute(sql, params)
+            return cur.fetchall(), cur.rowcount
 
     def close(self):
-        "Close the connections of every thread of this process (a later call opens a new one)."
+        "Close the connection (a later call opens a new one)."
         with self._lock:
-            conns, self._conns = self._conns, []
-            self._generation += 1
-        # a forked child inherits its parent's connections: closing them there could disturb the parent's
-        for pid, _, con in conns:
-            if pid == os.getpid(): con.close()
+            con, self._con = self._con, None
+            if con is not None and self._pid == os.getpid(): con.close()  # a parent's connection stays the parent's
+
+    def __repr__(self): return f"CompletionCache({str(self.path)!r}, {len(self)} completions)"
+
+# %% ../nbs/02_backends.ipynb #40ddfd91
+@patch
+def get(self:CompletionCache, key:str) -> dict|None:
+    "The stored completion of `key` as a dict, or None."
+    rows, _ = self._run('SELECT text, finish_reason, usage, model FROM completions WHERE key=?', (key,))
+    if not rows: return None
+    text, finish_reason, usage, model = rows[0]
+    return {'text': text, 'finish_reason': finish_reason, 'usage': json.loads(usage or '{}'), 'model': model}
+
+@patch
+def put(self:CompletionCache, key:str, backend:str, model:str, request:dict, text:str, finish_reason=None, usage=None,
+        replace:bool=False, # overwrite an entry already there (a forced recomputation)
+       ) -> bool:
+    "Store a completion; returns False when the key was already there and not replaced (the first writer wins)."
+    _, n = self._run(f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO completions VALUES (?,?,?,?,?,?,?,?)",
+                     (key, backend, model, json.dumps(request, ensure_ascii=False), text,
+                      finish_reason, json.dumps(usage or {}), time.time()))
+    return n == 1
+
+# %% ../nbs/02_backends.ipynb #0c75504b
+@patch
+def record_failure(self:CompletionCache, key:str, backend:str, model:str, error:str, attempts:int):
+    "Keep the record of a request that failed after its retries."
+    self._run('INSERT INTO failures (key, backend, model, error, attempts, created) VALUES (?,?,?,?,?,?)',
+              (key, backend, model, error, attempts, time.time()))
+
+@patch
+def failures(self:CompletionCache) -> list[dict]:
+    "Every recorded failure, oldest first."
+    rows, _ = self._run('SELECT key, backend, model, error, attempts, created FROM failures ORDER BY id')
+    return [dict(zip(('key', 'backend', 'model', 'error', 'attempts', 'created'), r)) for r in rows]
+
+# %% ../nbs/02_backends.ipynb #ecdd1435
+@patch
+def keys(self:CompletionCache) -> set[str]: return {r[0] for r in self._run('SELECT key FROM completions')[0]}
+@patch
+def __contains__(self:CompletionCache, key:str) -> bool: return self.get(key) is not None
+@patch
+def __len__(self:CompletionCache) -> int: return self._run('SELECT COUNT(*) FROM completions')[0][0][0]
 
 def as_cache(cache) -> CompletionCache|None:
     "Accept None, a path or a `CompletionCache`."
@@ -165,53 +167,61 @@ class ChatBackend:
 
     def key(self, messages, sampling:dict) -> str: return cache_key(self.kind, self.identity, messages, sampling)
 
-    def _lookup(self, batch, sampling):
-        "Completions for cached requests, and {key: (first index, messages)} of the rest."
-        out, todo = [None]*len(batch), {}
-        for i, messages in enumerate(batch):
-            key = self.key(messages, sampling)
-            hit = self.cache.get(key) if self.cache is not None and not self.refresh else None
-            if hit is not None:
-                out[i] = Completion(hit['text'], hit['finish_reason'], hit['usage'], cached=True, cache_key=key,
-                                    model=hit['model'] or self.model)
-                self.usage['cached'] += 1
-            elif key not in todo: todo[key] = (i, messages)
-        return out, todo
-
-    def _store(self, key, messages, sampling, c:Completion, attempts:int=1):
-        "Account for a fresh completion and write it (or its failure) to the cache."
-        self.usage['prompt_tokens'] += c.usage.get('prompt_tokens', 0) or 0
-        self.usage['completion_tokens'] += c.usage.get('completion_tokens', 0) or 0
-        if self.cache is None: return
-        if c.ok: self.cache.put(key, self.kind, c.model or self.model, {'messages': list(messages), 'sampling': _canonical_sampling(sampling)},
-                                c.text, c.finish_reason, c.usage, replace=self.refresh)
-        else: self.cache.record_failure(key, self.kind, self.model, c.error, attempts)
-
-    def _fill(self, batch, sampling, out, done:dict) -> list[Completion]:
-        "Copy fresh completions to every position of the batch that asked for them."
-        served = set()
-        for i, messages in enumerate(batch):
-            if out[i] is not None: continue
-            key = self.key(messages, sampling)
-            c = done[key]
-            if key in served: c = replace(c, usage=dict(c.usage), cached=True)  # a repeat in the batch: no second call was made
-            served.add(key)
-            out[i] = c
-        return out
-
     def _generate(self, todo:dict, sampling:dict) -> dict:
         "Answer {key: (index, messages)} with {key: Completion}."
         raise NotImplementedError
 
-    def complete(self, batch_of_messages:Sequence[Sequence[dict]], # conversations, each a list of {'role','content'}
-                 **sampling, # temperature, top_p, max_tokens, seed, ...
-                ) -> list[Completion]:
-        "One `Completion` per conversation, in input order; cached requests make no call."
-        batch = [list(m) for m in batch_of_messages]
-        out, todo = self._lookup(batch, sampling)
-        done = self._generate(todo, sampling) if todo else {}
-        for key, (i, messages) in todo.items(): self._store(key, messages, sampling, done[key])
-        return self._fill(batch, sampling, out, done)
+# %% ../nbs/02_backends.ipynb #9c1918f9
+@patch
+def complete(self:ChatBackend, batch_of_messages:Sequence[Sequence[dict]], # conversations, each a list of {'role','content'}
+             **sampling, # temperature, top_p, max_tokens, seed, ...
+            ) -> list[Completion]:
+    "One `Completion` per conversation, in input order; cached requests make no call."
+    batch = [list(m) for m in batch_of_messages]
+    out, todo = self._lookup(batch, sampling)
+    done = self._generate(todo, sampling) if todo else {}
+    for key, (i, messages) in todo.items(): self._store(key, messages, sampling, done[key])
+    return self._fill(batch, sampling, out, done)
+
+# %% ../nbs/02_backends.ipynb #8256e88e
+@patch
+def _lookup(self:ChatBackend, batch, sampling):
+    "Completions for cached requests, and {key: (first index, messages)} of the rest."
+    out, todo = [None]*len(batch), {}
+    for i, messages in enumerate(batch):
+        key = self.key(messages, sampling)
+        hit = self.cache.get(key) if self.cache is not None and not self.refresh else None
+        if hit is not None:
+            out[i] = Completion(hit['text'], hit['finish_reason'], hit['usage'], cached=True, cache_key=key,
+                                model=hit['model'] or self.model, attempts=0)
+            self.usage['cached'] += 1
+        elif key not in todo: todo[key] = (i, messages)
+    return out, todo
+
+# %% ../nbs/02_backends.ipynb #22852e53
+@patch
+def _store(self:ChatBackend, key, messages, sampling, c:Completion):
+    "Account for a fresh completion and write it (or its failure) to the cache."
+    self.usage['prompt_tokens'] += c.usage.get('prompt_tokens', 0) or 0
+    self.usage['completion_tokens'] += c.usage.get('completion_tokens', 0) or 0
+    if self.cache is None: return
+    if c.ok: self.cache.put(key, self.kind, c.model or self.model, {'messages': list(messages), 'sampling': _canonical_sampling(sampling)},
+                            c.text, c.finish_reason, c.usage, replace=self.refresh)
+    else: self.cache.record_failure(key, self.kind, self.model, c.error, c.attempts)
+
+# %% ../nbs/02_backends.ipynb #41438096
+@patch
+def _fill(self:ChatBackend, batch, sampling, out, done:dict) -> list[Completion]:
+    "Copy fresh completions to every position of the batch that asked for them."
+    served = set()
+    for i, messages in enumerate(batch):
+        if out[i] is not None: continue
+        key = self.key(messages, sampling)
+        c = done[key]
+        if key in served: c = replace(c, usage=dict(c.usage), cached=True, attempts=0)
+        served.add(key)
+        out[i] = c
+    return out
 
 # %% ../nbs/02_backends.ipynb #977effa1
 def _count_tokens(text:str) -> int: return len(str(text).split())
@@ -243,16 +253,13 @@ class ScriptedBackend(ChatBackend):
         return done
 
 # %% ../nbs/02_backends.ipynb #31797bea
-RETRY_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+RETRY_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))  # the statuses the `openai` client retries
 AUTH_STATUS = frozenset({401, 403})
 
 class EndpointAuthError(RuntimeError):
     "The endpoint refused the credentials (HTTP 401/403): asking again cannot help; the message is one line."
 
 OPENAI_HOSTS = frozenset({'api.openai.com'})
-
-class _EmptyReply(Exception):
-    "The server answered 200 with no text."
 
 def effective_base_url(base_url:str|None) -> str:
     "The endpoint a request goes to: `base_url`, else `OPENAI_BASE_URL`, else OpenAI's (as the `openai` client decides)."
@@ -293,29 +300,26 @@ def _close_client(client, loop):
 
 _BACKGROUND: set = set()  # closing tasks scheduled from sync code inside a running loop, kept alive until done
 
-# %% ../nbs/02_backends.ipynb #73a3e0c3
+# %% ../nbs/02_backends.ipynb #2b7ea601
 class OpenAIBackend(ChatBackend):
-    "Chat completions from an OpenAI-compatible server: bounded concurrency, retries, timeout, cache, usage."
+    "Chat completions from an OpenAI-compatible server: the `openai` client's retries, plus bounded concurrency, cache, usage."
     kind = 'openai'
     def __init__(self, model:str, # model name as the server knows it
                  base_url:str|None=None, # e.g. 'http://localhost:8000/v1' for vLLM; OpenAI's when None
                  api_key:str|None=None, # the key; when None, env OPENAI_API_KEY for OpenAI's endpoint only, 'EMPTY' elsewhere
                  concurrency:int=16, # requests in flight at once
-                 max_retries:int=5, # retries per request after the first attempt
+                 max_retries:int=5, # the client's retries per request after the first attempt; also re-asks of an empty reply
                  timeout:float=60.0, # seconds per attempt
                  cache=None, # None, a path or a `CompletionCache`
                  progress:bool=True, # show a tqdm progress bar
-                 backoff:float=0.5, # first backoff in seconds, doubled per retry
-                 max_backoff:float=30.0, # longest wait between attempts, `Retry-After` included
-                 retry_empty:bool=True, # treat an empty reply as a transient failure
+                 retry_empty:bool=True, # ask again when a reply is empty or its body cannot be read
                  refresh:bool=False, # ignore cached answers and overwrite them
                 ):
         super().__init__(model, cache, refresh)
         self.base_url, self.concurrency, self.max_retries, self.timeout = base_url, concurrency, max_retries, timeout
-        self.progress, self.backoff, self.max_backoff, self.retry_empty = progress, backoff, max_backoff, retry_empty
+        self.progress, self.retry_empty = progress, retry_empty
         self._api_key = resolve_api_key(api_key, base_url)
-        self._endpoint = effective_base_url(base_url)  # fixed now, so a later change of OPENAI_BASE_URL cannot shift the keys
-        self.retry_log: list[dict] = []  # one entry per retry: key, attempt, error, wait
+        self._endpoint = effective_base_url(base_url)
         self.log = get_logger('backends')
         self._aclient = self._aclient_loop = self._bg_loop = self._bg_thread = None
         self._refused = None  # the EndpointAuthError of the current batch, once one request got 401/403
@@ -327,125 +331,125 @@ class OpenAIBackend(ChatBackend):
         "The endpoint and the model it serves (never the API key)."
         return f"{self._endpoint}|{self.model}"
 
-    async def _client(self):
-        "The async client of the running event loop, kept so its connections are reused from call to call."
-        import openai
-        loop = asyncio.get_running_loop()
-        if self._aclient_loop is not loop:
-            old, old_loop = self._aclient, self._aclient_loop
-            self._aclient = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key, max_retries=0, timeout=self.timeout)
-            self._aclient_loop = loop
-            if old is not None: await _aclose_client(old, old_loop)
-        return self._aclient
+# %% ../nbs/02_backends.ipynb #6c578ff4
+@patch
+async def _client(self:OpenAIBackend):
+    "The async client of the running event loop (a client from another loop is closed)."
+    import openai
+    loop = asyncio.get_running_loop()
+    if self._aclient_loop is not loop:
+        old, old_loop = self._aclient, self._aclient_loop
+        self._aclient = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key,
+                                           max_retries=self.max_retries, timeout=self.timeout)
+        self._aclient_loop = loop
+        if old is not None: await _aclose_client(old, old_loop)
+    return self._aclient
 
-    def _loop(self) -> asyncio.AbstractEventLoop:
-        "A private event loop in a daemon thread that runs every sync `complete` call."
-        if self._bg_loop is None:
-            self._bg_loop = asyncio.new_event_loop()
-            self._bg_thread = threading.Thread(target=self._bg_loop.run_forever, daemon=True, name=f"{self.name} loop")
-            self._bg_thread.start()
-        return self._bg_loop
+# %% ../nbs/02_backends.ipynb #82df7f8d
+@patch
+async def _ask(self:OpenAIBackend, client, key, messages, sampling) -> tuple[Completion, bool]:
+    "One request through the client, retries included: (completion or failure, whether asking again could help)."
+    import openai
+    def failed(msg, attempts): return Completion(None, None, cache_key=key, model=self.model, error=_redact(msg, self._api_key), attempts=attempts)
+    try: raw = await client.chat.completions.with_raw_response.create(model=self.model, messages=messages, **sampling)
+    except openai.APIStatusError as e:
+        msg = _redact(f"HTTP {e.status_code}: {e.message}", self._api_key)
+        if e.status_code in AUTH_STATUS:
+            self.usage['requests'] += 1; self.usage['failed'] += 1
+            self._refused = EndpointAuthError(f"{self._endpoint} refused the credentials ({msg}); check the API key "
+                                              "(a judge's api_key_env, or OPENAI_API_KEY for OpenAI)")
+            raise self._refused from None
+        return failed(msg, 1 + (self.max_retries if e.status_code in RETRY_STATUS else 0)), False
+    except (openai.APITimeoutError, openai.APIConnectionError) as e: return failed(f"{type(e).__name__}: {e}", 1 + self.max_retries), False
+    except Exception as e: return failed(f"{type(e).__name__}: {e}", 1), False
+    attempts = raw.retries_taken + 1
+    try:
+        r = raw.parse()
+        choice = r.choices[0]
+        text = choice.message.content
+    except Exception as e: return failed(f"malformed response: {type(e).__name__}: {e}", attempts), True  # a body we cannot read
+    if not text: return failed(f"empty reply (finish_reason={choice.finish_reason})", attempts), True
+    u = r.usage
+    usage = {'prompt_tokens': getattr(u, 'prompt_tokens', 0) or 0, 'completion_tokens': getattr(u, 'completion_tokens', 0) or 0}
+    return Completion(text, choice.finish_reason, usage, cache_key=key, model=r.model or self.model, attempts=attempts), False
 
-    def _wait(self, attempt:int, retry_after:float|None) -> float:
-        if retry_after is not None: return min(self.max_backoff, retry_after) + random.uniform(0, 0.05)
-        cap = min(self.max_backoff, self.backoff * 2**attempt)
-        return cap/2 + random.uniform(0, cap/2)
+# %% ../nbs/02_backends.ipynb #b8ced3db
+@patch
+async def _one(self:OpenAIBackend, client, sem, key, messages, sampling) -> Completion:
+    "Ask for one conversation until answered or out of tries; count it in `usage`."
+    async with sem:
+        t0, attempts = time.perf_counter(), 0
+        for _ in range(1 + (self.max_retries if self.retry_empty else 0)):
+            if self._refused is not None: raise self._refused  # the key was refused: nothing more is sent
+            c, again = await self._ask(client, key, messages, sampling)
+            attempts += c.attempts
+            if c.ok or not again: break
+            self.log.debug('asking %s again: %s', key[:12], c.error)
+        c = replace(c, attempts=attempts, latency=time.perf_counter() - t0)
+        self.usage['requests'] += attempts; self.usage['retries'] += attempts - 1
+        if not c.ok:
+            self.usage['failed'] += 1
+            self.log.warning('request %s failed after %d attempt(s): %s', key[:12], attempts, c.error)
+        return c
 
-    def _classify(self, e:Exception) -> tuple[bool, float|None, str]:
-        "(retryable, Retry-After seconds or None, message) for an exception from one attempt."
-        import openai
-        if isinstance(e, _EmptyReply): return self.retry_empty, None, str(e)
-        if isinstance(e, openai.APIStatusError):
-            ra = None
-            try: ra = float(e.response.headers.get('retry-after'))
-            except (TypeError, ValueError): pass
-            return e.status_code in RETRY_STATUS, ra, f"HTTP {e.status_code}: {e.message}"
-        if isinstance(e, (openai.APITimeoutError, openai.APIConnectionError)): return True, None, f"{type(e).__name__}: {e}"
-        if isinstance(e, (openai.APIResponseValidationError, ValueError, IndexError, AttributeError)):  # a body we cannot read
-            return True, None, f"malformed response: {type(e).__name__}: {e}"
-        return False, None, f"{type(e).__name__}: {e}"
+# %% ../nbs/02_backends.ipynb #540ccf92
+@patch
+async def acomplete(self:OpenAIBackend, batch_of_messages:Sequence[Sequence[dict]], # conversations
+                    **sampling, # temperature, top_p, max_tokens, seed, ...
+                   ) -> list[Completion]:
+    "Async `complete`: one `Completion` per conversation, in input order."
+    from tqdm import tqdm
+    batch = [list(m) for m in batch_of_messages]
+    out, todo = self._lookup(batch, sampling)
+    done, self._refused = {}, None
+    if todo:
+        sem = asyncio.Semaphore(self.concurrency)
+        bar = tqdm(total=len(todo), desc=self.name, disable=not self.progress, unit='req')
+        client = await self._client()
+        async def run(key, messages):
+            c = await self._one(client, sem, key, messages, sampling)
+            self._store(key, messages, sampling, c)
+            done[key] = c
+            bar.update(1)
+            if not c.ok: bar.set_postfix(failed=self.usage['failed'])
+        tasks = [asyncio.ensure_future(run(key, m)) for key, (i, m) in todo.items()]
+        try:
+            finished, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in pending: t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            errors = [t.exception() for t in finished if not t.cancelled() and t.exception() is not None]
+            if errors: raise errors[0]
+        finally: bar.close()
+    return self._fill(batch, sampling, out, done)
 
-    async def _one(self, client, sem, key, messages, sampling) -> tuple[Completion, int]:
-        attempt = 0
-        async with sem:
-            t0 = time.perf_counter()
-            while True:
-                if self._refused is not None: raise self._refused  # the key was refused: nothing more is sent
-                self.usage['requests'] += 1
-                try:
-                    r = await client.chat.completions.create(model=self.model, messages=messages, **sampling)
-                    choice = r.choices[0]
-                    text = choice.message.content
-                    if not text: raise _EmptyReply(f"empty reply (finish_reason={choice.finish_reason})")
-                    u = r.usage
-                    usage = {'prompt_tokens': getattr(u, 'prompt_tokens', 0) or 0, 'completion_tokens': getattr(u, 'completion_tokens', 0) or 0}
-                    return Completion(text, choice.finish_reason, usage, cache_key=key, model=r.model or self.model,
-                                      latency=time.perf_counter() - t0), attempt + 1
-                except Exception as e:
-                    retryable, ra, msg = self._classify(e)
-                    msg = _redact(msg, self._api_key)
-                    if getattr(e, 'status_code', None) in AUTH_STATUS:
-                        self.usage['failed'] += 1
-                        self._refused = EndpointAuthError(f"{self._endpoint} refused the credentials ({msg}); check the API key "
-                                                          "(a judge's api_key_env, or OPENAI_API_KEY for OpenAI)")
-                        raise self._refused from None
-                    if not retryable or attempt >= self.max_retries:
-                        self.usage['failed'] += 1
-                        self.log.warning('request %s failed after %d attempt(s): %s', key[:12], attempt + 1, msg)
-                        return Completion(None, None, cache_key=key, model=self.model, error=msg,
-                                          latency=time.perf_counter() - t0), attempt + 1
-                    wait = self._wait(attempt, ra)
-                    self.retry_log.append({'key': key, 'attempt': attempt, 'error': msg, 'wait': wait, 'retry_after': ra})
-                    self.usage['retries'] += 1
-                    self.log.debug('retry %d of %s in %.2fs: %s', attempt + 1, key[:12], wait, msg)
-                    attempt += 1
-                    await asyncio.sleep(wait)
+# %% ../nbs/02_backends.ipynb #ad6e7ee0
+@patch
+def _loop(self:OpenAIBackend) -> asyncio.AbstractEventLoop:
+    "A private event loop in a daemon thread that runs every sync `complete` call."
+    if self._bg_loop is None:
+        self._bg_loop = asyncio.new_event_loop()
+        self._bg_thread = threading.Thread(target=self._bg_loop.run_forever, daemon=True, name=f"{self.name} loop")
+        self._bg_thread.start()
+    return self._bg_loop
 
-    async def acomplete(self, batch_of_messages:Sequence[Sequence[dict]], # conversations
-                        **sampling, # temperature, top_p, max_tokens, seed, ...
-                       ) -> list[Completion]:
-        "Async `complete`: one `Completion` per conversation, in input order."
-        from tqdm import tqdm
-        batch = [list(m) for m in batch_of_messages]
-        out, todo = self._lookup(batch, sampling)
-        done, self._refused = {}, None
-        if todo:
-            sem = asyncio.Semaphore(self.concurrency)
-            bar = tqdm(total=len(todo), desc=self.name, disable=not self.progress, unit='req')
-            client = await self._client()
-            async def run(key, messages):
-                c, attempts = await self._one(client, sem, key, messages, sampling)
-                self._store(key, messages, sampling, c, attempts)  # stored as soon as it is done: a kill loses only requests in flight
-                done[key] = c
-                bar.update(1)
-                if not c.ok: bar.set_postfix(failed=self.usage['failed'])
-            tasks = [asyncio.ensure_future(run(key, m)) for key, (i, m) in todo.items()]
-            try:
-                # the first request refused for its credentials stops the batch: the others would be refused too
-                finished, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-                for t in pending: t.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-                errors = [t.exception() for t in finished if not t.cancelled() and t.exception() is not None]
-                if errors: raise errors[0]
-            finally: bar.close()
-        return self._fill(batch, sampling, out, done)
+@patch
+def complete(self:OpenAIBackend, batch_of_messages, **sampling) -> list[Completion]:
+    "One `Completion` per conversation, in input order (runs `acomplete` on the backend's own loop)."
+    fut = asyncio.run_coroutine_threadsafe(self.acomplete(batch_of_messages, **sampling), self._loop())
+    try: return fut.result()
+    except BaseException: fut.cancel(); raise
 
-    def complete(self, batch_of_messages, **sampling) -> list[Completion]:
-        "One `Completion` per conversation, in input order (runs `acomplete` on the backend's own loop)."
-        fut = asyncio.run_coroutine_threadsafe(self.acomplete(batch_of_messages, **sampling), self._loop())
-        try: return fut.result()
-        except BaseException: fut.cancel(); raise
-
-    def close(self):
-        "Close the client, stop and close the backend's loop and its thread (a later call opens new ones)."
-        client, client_loop, self._aclient, self._aclient_loop = self._aclient, self._aclient_loop, None, None
-        if client is not None: _close_client(client, client_loop)
-        loop, thread, self._bg_loop, self._bg_thread = self._bg_loop, self._bg_thread, None, None
-        if loop is None: return
-        asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        if not loop.is_running(): loop.close()
+@patch
+def close(self:OpenAIBackend):
+    "Close the client, stop and close the backend's loop and its thread (a later call opens new ones)."
+    client, client_loop, self._aclient, self._aclient_loop = self._aclient, self._aclient_loop, None, None
+    if client is not None: _close_client(client, client_loop)
+    loop, thread, self._bg_loop, self._bg_thread = self._bg_loop, self._bg_thread, None, None
+    if loop is None: return
+    asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout=10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+    if not loop.is_running(): loop.close()
 
 # %% ../nbs/02_backends.ipynb #27b8d371
 def _weights_hash(lm, tokenizer) -> str:
