@@ -11,6 +11,7 @@ import random
 import re
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -302,17 +303,40 @@ def split_by_seed(df:pd.DataFrame, # rows with `seed_scene` and `mask`
 def _row_id(seed_id:str, variant:int, mask) -> str:
     return 'pk-' + hashlib.sha1(f"{seed_id}|{variant}|{mask_label(mask)}".encode()).hexdigest()[:10]
 
-def _live(items:list[dict]) -> list[dict]: return [it for it in items if 'failure' not in it]
+@dataclass
+class _Draft:
+    "One scenario on its way through the steps: who it is, the replies so far, their cache keys, its first failure."
+    row_id: str
+    seed_id: str
+    seed_trait: str
+    seed_scene: str
+    variant: int
+    mask: list
+    cache_keys: dict = field(default_factory=dict) # step -> cache key of its request
+    out: dict = field(default_factory=dict) # step -> reply (parsed for the scenario)
+    failure: tuple|None = None # (step, reason) of the first step that failed
+
+def _plan(seeds:pd.DataFrame, n_per_seed:int, mask_distribution, seed:int) -> tuple[list[_Draft], pd.DataFrame]:
+    "`n_per_seed` drafts per seed scene, each with its sampled mask; and the mask report."
+    masks, mask_rep = sample_masks(seeds['trait'], n_per_seed, mask_distribution, seed)
+    pairs = [(s, v) for s in seeds.to_dict('records') for v in range(n_per_seed)]
+    drafts = [_Draft(_row_id(s['seed_id'], v, m), s['seed_id'], s['trait'], s['seed_scene'], v, m)
+              for (s, v), m in zip(pairs, masks)]
+    return drafts, mask_rep
+
+# %% ../nbs/03_construction.ipynb #0a0d64ef
+def _live(drafts:list[_Draft]) -> list[_Draft]: return [d for d in drafts if d.failure is None]
 
 def _run(backend:ChatBackend, jobs:list[tuple], sampling:dict, parse=None):
-    "One batched call for all `(item, step, messages)` jobs: stores each reply (parsed) and cache key, or the item's first failure."
+    "One batched call for all `(draft, step, messages)` jobs: stores each reply (parsed) and cache key, or the draft's first failure."
     res = backend.complete([m for _, _, m in jobs], **sampling) if jobs else []
-    for (it, step, _), c in zip(jobs, res):
-        it['cache_keys'][step] = c.cache_key
-        if not c.ok: it.setdefault('failure', (step, f"backend error: {c.error}")); continue
-        try: it['out'][step] = parse(c.text) if parse else c.text.strip()
-        except (ValueError, KeyError, TypeError) as e: it.setdefault('failure', (step, f"unreadable reply: {e}"))
+    for (d, step, _), c in zip(jobs, res):
+        d.cache_keys[step] = c.cache_key
+        if not c.ok: d.failure = d.failure or (step, f"backend error: {c.error}"); continue
+        try: d.out[step] = parse(c.text) if parse else c.text.strip()
+        except (ValueError, KeyError, TypeError) as e: d.failure = d.failure or (step, f"unreadable reply: {e}")
 
+# %% ../nbs/03_construction.ipynb #5285d593
 def _scenario(text:str) -> dict:
     obj = parse_json_reply(text)
     out = {}
@@ -323,7 +347,88 @@ def _scenario(text:str) -> dict:
         out[f] = v.strip()
     return out
 
-# %% ../nbs/03_construction.ipynb #7ab2373c
+# %% ../nbs/03_construction.ipynb #27aad0a7
+def _write(drafts:list[_Draft], generator:ChatBackend, judge:ChatBackend, gs:dict, js:dict, golden_words:int, templates:dict):
+    "Scenario, golden, rejects and verdicts for every draft that gets that far."
+    _run(generator, [(d, 'scenario', scenario_messages(d.seed_scene, d.mask, d.variant, templates)) for d in drafts], gs, _scenario)
+    prompt = lambda d: d.out['scenario']['prompt']
+    _run(generator, [(d, 'golden', golden_messages(prompt(d), d.mask, golden_words, templates)) for d in _live(drafts)], gs)
+    _run(generator, [(d, REJECT_COLUMNS[k], reject_messages(prompt(d), d.out['golden'], d.mask, k, templates))
+                     for d in _live(drafts) for k in d.mask], gs)
+    _run(judge, [(d, f"verify_{col}", verify_messages(prompt(d), d.out[col], d.mask, templates))
+                 for d in _live(drafts) for col in ['golden'] + [REJECT_COLUMNS[k] for k in d.mask]], js)
+
+# %% ../nbs/03_construction.ipynb #e8006328
+def _verify(d:_Draft, length_tolerance:float) -> tuple[dict, dict, list[str]]:
+    "The verdicts, the rejects' length ratios and the issues of a complete draft (no issues: verified)."
+    verdicts, issues = {}, []
+    for col in ['golden'] + [REJECT_COLUMNS[k] for k in d.mask]:
+        try: verdicts[col] = parse_verdicts(d.out[f"verify_{col}"], d.mask)
+        except ValueError as e: issues.append(f"{col}: unreadable verdict ({e})")
+    issues += check_verdicts(d.mask, verdicts)
+    ratios = {k: round(length_ratio(d.out[REJECT_COLUMNS[k]], d.out['golden']), 3) for k in d.mask}
+    issues += [f"{REJECT_COLUMNS[k]} length ratio {r:.2f}" for k, r in ratios.items() if abs(r - 1) > length_tolerance]
+    return verdicts, ratios, issues
+
+# %% ../nbs/03_construction.ipynb #9b0dd616
+_EXTRAS = ['row_id', 'seed_id', 'seed_trait', 'variant', 'generator', 'judge', 'template_version', 'cache_keys',
+           'verdicts', 'length_ratios', 'verified', 'issues']
+
+def _row(d:_Draft, length_tolerance:float, provenance:dict) -> dict:
+    "The row of a complete draft, with `verified` and its `issues`."
+    verdicts, ratios, issues = _verify(d, length_tolerance)
+    o, m = d.out, d.mask
+    return {'mask': json.dumps(list(m)), 'seed_scene': d.seed_scene, **o['scenario'], 'golden': o['golden'],
+            **{REJECT_COLUMNS[k]: o.get(REJECT_COLUMNS[k], '') if k in m else '' for k in TRAIT_KEYS},
+            'row_id': d.row_id, 'seed_id': d.seed_id, 'seed_trait': d.seed_trait, 'variant': d.variant, **provenance,
+            'cache_keys': json.dumps(d.cache_keys), 'verdicts': json.dumps(verdicts),
+            'length_ratios': json.dumps(ratios), 'verified': not issues, 'issues': '; '.join(issues)}
+
+def _rows(drafts:list[_Draft], length_tolerance:float, provenance:dict, keep_unverified:bool) -> tuple[list[dict], list[dict]]:
+    "The rows kept, and the drafts set aside with their step and reason."
+    rows, rejected = [], []
+    for d in drafts:
+        if d.failure is not None:
+            rejected.append({'row_id': d.row_id, 'seed_id': d.seed_id, 'mask': json.dumps(list(d.mask)),
+                             'step': d.failure[0], 'reason': d.failure[1]}); continue
+        row = _row(d, length_tolerance, provenance)
+        if row['issues'] and not keep_unverified:
+            rejected.append({'row_id': d.row_id, 'seed_id': d.seed_id, 'mask': row['mask'], 'step': 'verify', 'reason': row['issues']})
+        else: rows.append(row)
+    return rows, rejected
+
+# %% ../nbs/03_construction.ipynb #a24ba616
+def _select(rows:list[dict], dedup_threshold:float, test_frac:float, seed:int):
+    "Deduplicated, split and validated rows; what was dropped and why; the validation report."
+    df, dups = dedup_rows(pd.DataFrame(rows, columns=CARD_COLUMNS + _EXTRAS), dedup_threshold)
+    rejected = [{'row_id': d['row_id'], 'step': 'dedup', 'reason': d['reason']} for d in dups]
+    df['split'] = split_by_seed(df.assign(mask=df['mask'].map(json.loads)), test_frac, seed) if len(df) else pd.Series(dtype=str)
+    df = df[CARD_COLUMNS + ['split'] + _EXTRAS]
+    clean, vrep = validate_personaknob(df, strict=False)
+    rejected += [{'row_id': rid, 'step': 'validate', 'reason': '; '.join(p.message for p in vrep.problems if p.row_id == rid)}
+                 for rid in vrep.dropped]
+    return df[df['row_id'].isin(set(clean['row_id']))].reset_index(drop=True), rejected, vrep
+
+# %% ../nbs/03_construction.ipynb #ae54ef30
+def _report(seeds, drafts, df, rejected, mask_rep, vrep, generator, judge, templates) -> dict:
+    "What `build_report.json` holds."
+    kept = mask_report(df['mask'].map(json.loads).tolist()).rename(columns={'count': 'kept', 'achieved': 'kept_share'})
+    return {'seeds': len(seeds), 'scenarios': len(drafts), 'rows': len(df), 'rejected': len(rejected),
+            'rejected_by_step': dict(Counter(r['step'] for r in rejected)),
+            'splits': df['split'].value_counts().to_dict(), 'template_version': templates['version'],
+            'generator': generator.name, 'judge': judge.name,
+            'usage': {'generator': dict(generator.usage), 'judge': dict(judge.usage)},
+            'masks': mask_rep.merge(kept[['mask', 'kept', 'kept_share']], on='mask').to_dict('records'),
+            'validation': str(vrep)}
+
+def _save(out_dir, df:pd.DataFrame, rejected:list[dict], report:dict):
+    "personaknob.csv, rejected.csv and build_report.json in `out_dir`."
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out/'personaknob.csv', index=False)
+    pd.DataFrame(rejected, columns=['row_id', 'seed_id', 'mask', 'step', 'reason']).to_csv(out/'rejected.csv', index=False)
+    (out/'build_report.json').write_text(json.dumps(report, indent=2, default=str))
+
+# %% ../nbs/03_construction.ipynb #fb6ed2e8
 def build_personaknob(seeds=None, # seed scenes (see `load_seed_scenes`); the shipped ones when None
                       generator:ChatBackend|None=None, # writes scenarios, goldens and rejects; offline when None
                       judge:ChatBackend|None=None, # verifies them; use a different model than the generator
@@ -341,73 +446,21 @@ def build_personaknob(seeds=None, # seed scenes (see `load_seed_scenes`); the sh
                       templates:dict|None=None, # the prompt templates; `TEMPLATES` when None
                      ) -> pd.DataFrame:
     "Build PersonaKnob rows with a generator and a judge backend; returns the card's schema plus provenance."
-    log = get_logger('construction')
     templates = templates or TEMPLATES
     seeds = load_seed_scenes(SEED_SCENES if seeds is None else seeds)
     generator = generator or ScriptedBackend(offline_writer, 'offline')
     judge = judge or ScriptedBackend(offline_writer, 'offline-judge')
     gs, js = dict(gen_sampling or {}), dict({'temperature': 0.0} if judge_sampling is None else judge_sampling)
-    masks, mask_rep = sample_masks(seeds['trait'], n_per_seed, mask_distribution, seed)
-    items, j = [], 0
-    for s in seeds.to_dict('records'):
-        for v in range(n_per_seed):
-            m = masks[j]; j += 1
-            items.append({'row_id': _row_id(s['seed_id'], v, m), 'seed_id': s['seed_id'], 'seed_trait': s['trait'],
-                          'seed_scene': s['seed_scene'], 'variant': v, 'mask': m, 'cache_keys': {}, 'out': {}})
-    # one batched call per step, so a concurrent backend keeps its requests in flight across rows
-    _run(generator, [(it, 'scenario', scenario_messages(it['seed_scene'], it['mask'], it['variant'], templates)) for it in items], gs, _scenario)
-    prompt = lambda it: it['out']['scenario']['prompt']
-    _run(generator, [(it, 'golden', golden_messages(prompt(it), it['mask'], golden_words, templates)) for it in _live(items)], gs)
-    _run(generator, [(it, REJECT_COLUMNS[k], reject_messages(prompt(it), it['out']['golden'], it['mask'], k, templates))
-                     for it in _live(items) for k in it['mask']], gs)
-    _run(judge, [(it, f"verify_{col}", verify_messages(prompt(it), it['out'][col], it['mask'], templates))
-                 for it in _live(items) for col in ['golden'] + [REJECT_COLUMNS[k] for k in it['mask']]], js)
-    rows, rejected = [], []
-    for it in items:
-        if 'failure' in it:
-            rejected.append({'row_id': it['row_id'], 'seed_id': it['seed_id'], 'mask': json.dumps(list(it['mask'])),
-                             'step': it['failure'][0], 'reason': it['failure'][1]}); continue
-        o, m = it['out'], it['mask']
-        verdicts, issues = {}, []
-        for col in ['golden'] + [REJECT_COLUMNS[k] for k in m]:
-            try: verdicts[col] = parse_verdicts(o[f"verify_{col}"], m)
-            except ValueError as e: issues.append(f"{col}: unreadable verdict ({e})")
-        issues += check_verdicts(m, verdicts)
-        ratios = {k: round(length_ratio(o[REJECT_COLUMNS[k]], o['golden']), 3) for k in m}
-        issues += [f"{REJECT_COLUMNS[k]} length ratio {r:.2f}" for k, r in ratios.items() if abs(r - 1) > length_tolerance]
-        row = {'mask': json.dumps(list(m)), 'seed_scene': it['seed_scene'], **o['scenario'], 'golden': o['golden'],
-               **{REJECT_COLUMNS[k]: o.get(REJECT_COLUMNS[k], '') if k in m else '' for k in TRAIT_KEYS},
-               'row_id': it['row_id'], 'seed_id': it['seed_id'], 'seed_trait': it['seed_trait'], 'variant': it['variant'],
-               'generator': generator.name, 'judge': judge.name, 'template_version': templates['version'],
-               'cache_keys': json.dumps(it['cache_keys']), 'verdicts': json.dumps(verdicts),
-               'length_ratios': json.dumps(ratios), 'verified': not issues, 'issues': '; '.join(issues)}
-        if issues and not keep_unverified:
-            rejected.append({'row_id': it['row_id'], 'seed_id': it['seed_id'], 'mask': row['mask'], 'step': 'verify', 'reason': row['issues']})
-            continue
-        rows.append(row)
-    extras = ['row_id', 'seed_id', 'seed_trait', 'variant', 'generator', 'judge', 'template_version', 'cache_keys',
-              'verdicts', 'length_ratios', 'verified', 'issues']
-    df = pd.DataFrame(rows, columns=CARD_COLUMNS + extras)
-    df, dups = dedup_rows(df, dedup_threshold)
-    rejected += [{'row_id': d['row_id'], 'step': 'dedup', 'reason': d['reason']} for d in dups]
-    df['split'] = split_by_seed(df.assign(mask=df['mask'].map(json.loads)), test_frac, seed) if len(df) else pd.Series(dtype=str)
-    df = df[CARD_COLUMNS + ['split'] + extras]
-    clean, vrep = validate_personaknob(df, strict=False)
-    for rid in vrep.dropped: rejected.append({'row_id': rid, 'step': 'validate', 'reason': '; '.join(p.message for p in vrep.problems if p.row_id == rid)})
-    df = df[df['row_id'].isin(set(clean['row_id']))].reset_index(drop=True)
-    report = {'seeds': len(seeds), 'scenarios': len(items), 'rows': len(df), 'rejected': len(rejected),
-              'rejected_by_step': dict(Counter(r['step'] for r in rejected)),
-              'splits': df['split'].value_counts().to_dict(), 'template_version': templates['version'],
-              'generator': generator.name, 'judge': judge.name,
-              'usage': {'generator': dict(generator.usage), 'judge': dict(judge.usage)},
-              'masks': mask_rep.merge(mask_report(df['mask'].map(json.loads).tolist()).rename(columns={'count': 'kept', 'achieved': 'kept_share'})[['mask', 'kept', 'kept_share']], on='mask').to_dict('records'),
-              'validation': str(vrep)}
-    log.info('built %d rows from %d scenarios (%d set aside: %s)', len(df), len(items), len(rejected), report['rejected_by_step'])
-    if out_dir is not None:
-        out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-        df.to_csv(out/'personaknob.csv', index=False)
-        pd.DataFrame(rejected, columns=['row_id', 'seed_id', 'mask', 'step', 'reason']).to_csv(out/'rejected.csv', index=False)
-        (out/'build_report.json').write_text(json.dumps(report, indent=2, default=str))
+    drafts, mask_rep = _plan(seeds, n_per_seed, mask_distribution, seed)
+    _write(drafts, generator, judge, gs, js, golden_words, templates)
+    provenance = {'generator': generator.name, 'judge': judge.name, 'template_version': templates['version']}
+    rows, rejected = _rows(drafts, length_tolerance, provenance, keep_unverified)
+    df, dropped, vrep = _select(rows, dedup_threshold, test_frac, seed)
+    rejected += dropped
+    report = _report(seeds, drafts, df, rejected, mask_rep, vrep, generator, judge, templates)
+    get_logger('construction').info('built %d rows from %d scenarios (%d set aside: %s)', len(df), len(drafts), len(rejected),
+                                    report['rejected_by_step'])
+    if out_dir is not None: _save(out_dir, df, rejected, report)
     df.attrs['report'], df.attrs['rejected'] = report, rejected
     return df
 
