@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 
 from dignified_peer.core import load_model, resolve_model
 from dignified_peer.data import load_personaknob, to_groups
-from dignified_peer.benchmarks import sequence_logps
+from dignified_peer.lagrangian import completion_logps
 from dignified_peer.pipeline import load_config
 from dignified_peer.training import train
 
@@ -71,7 +71,7 @@ def main():
     model, tok = load_model(path)
     refs = to_groups(test.select(range(4)))
     t0 = time.perf_counter()
-    lp = sequence_logps(model, tok, list(refs['prompt']), list(refs['golden']), batch_size=8)
+    lp = completion_logps(model, tok, list(refs['prompt']), list(refs['golden']), batch_size=8)
     score_s = (time.perf_counter() - t0) / len(lp)
     msgs = [[{'role': 'user', 'content': p}] for p in test['prompt'][:8]]
     tok.padding_side = 'left'

@@ -14,18 +14,18 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from .core import TRAIT_KEYS, data_dir
 from .data import read_jsonl
 from .judging import backend_name, generate_responses, references
+from .lagrangian import completion_logps
 from .refusal import XSTEST_CLASSES, classify_refusal, prefix_refusal, refusal_agreement
 
 # %% auto #0
 __all__ = ['SUMMARY_COLUMNS', 'CHOICE_PROMPT', 'XSTEST_HUB', 'XSTEST_LABELLED', 'SYCOPHANCY_MINI', 'CHALLENGE', 'wilson_interval',
-           'sequence_logps', 'selection_scores', 'selection_pairs', 'selection_choices', 'selection_metrics',
-           'selection_accuracy', 'xstest_source', 'load_xstest', 'xstest_classifier_agreement', 'xstest_subset',
-           'run_xstest', 'xstest_metrics', 'load_sycophancy', 'question_prompt', 'read_answer', 'run_sycophancy',
+           'selection_scores', 'selection_pairs', 'selection_choices', 'selection_metrics', 'selection_accuracy',
+           'xstest_source', 'load_xstest', 'xstest_classifier_agreement', 'xstest_subset', 'run_xstest',
+           'xstest_metrics', 'load_sycophancy', 'question_prompt', 'read_answer', 'run_sycophancy',
            'sycophancy_metrics', 'benchmark_summary', 'plot_benchmarks']
 
 # %% ../nbs/06b_benchmarks.ipynb #c16b0b70
@@ -50,54 +50,6 @@ def _share(model:str, benchmark:str, metric:str, trait:str, hits:pd.Series) -> d
     return dict(model=model, benchmark=benchmark, metric=metric, trait=trait, value=p, n=n,
                 se=math.sqrt(p * (1 - p) / n) if n else float('nan'), ci_low=lo, ci_high=hi)
 
-# %% ../nbs/06b_benchmarks.ipynb #7e057ba8
-def _prompt_text(tokenizer, prompt, chat_template:bool=True) -> str:
-    msgs = prompt if isinstance(prompt, list) else [{'role': 'user', 'content': str(prompt)}]
-    if chat_template and getattr(tokenizer, 'chat_template', None):
-        return tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    return '\n'.join(m['content'] for m in msgs)
-
-def sequence_logps(model, # a causal LM
-                   tokenizer, # its tokenizer (with a chat template unless `chat_template=False`)
-                   prompts:Sequence, # user messages (str) or chat message lists
-                   responses:Sequence[str], # assistant responses, one per prompt
-                   batch_size:int=8, # sequences per forward pass
-                   chat_template:bool=True, # wrap each prompt with the tokenizer's chat template
-                   per_token:bool=False, # also return the number of scored tokens of each response
-                   progress:bool=False, # show a progress bar with a time estimate (long on a real model)
-                  ) -> np.ndarray:
-    "Sum of log pi(response tokens + eos | templated prompt) for each pair, as float64 (and the token counts with `per_token`)."
-    import torch
-    eos = tokenizer.eos_token_id
-    seqs, starts = [], []
-    for p, r in zip(prompts, responses, strict=True):
-        pi = tokenizer(_prompt_text(tokenizer, p, chat_template), add_special_tokens=False)['input_ids']
-        ri = tokenizer(str(r), add_special_tokens=False)['input_ids'] + ([eos] if eos is not None else [])
-        seqs.append(pi + ri); starts.append(len(pi))
-    out, counts = np.zeros(len(seqs)), np.array([len(q) - st for q, st in zip(seqs, starts)], dtype=float)
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths share a batch: less padding
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for b in tqdm(range(0, len(order), batch_size), desc='scoring', unit='batch', disable=not progress, leave=False):
-                idx = order[b:b+batch_size]
-                width = max(len(seqs[i]) for i in idx)
-                x = torch.full((len(idx), width), pad, dtype=torch.long)
-                att, resp = torch.zeros_like(x), torch.zeros_like(x, dtype=torch.bool)
-                for row, i in enumerate(idx):
-                    x[row, :len(seqs[i])] = torch.tensor(seqs[i])
-                    att[row, :len(seqs[i])] = 1
-                    resp[row, starts[i]:len(seqs[i])] = True
-                logits = model(input_ids=x.to(device), attention_mask=att.to(device)).logits.float()
-                lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, x[:, 1:, None].to(device)).squeeze(-1)
-                out[idx] = (lp * resp[:, 1:].to(device)).sum(1).double().cpu().numpy()
-    finally:
-        model.train(was_training)
-    return (out, counts) if per_token else out
-
 # %% ../nbs/06b_benchmarks.ipynb #68fed8da
 def selection_scores(model, # a causal LM
                      tokenizer, # its tokenizer
@@ -108,8 +60,8 @@ def selection_scores(model, # a causal LM
     "Per (item, trait) pair: log pi of the golden and of the reject, and their token counts (one pass per golden)."
     refs = [r for r in references(groups).values() if r.golden is not None]
     pairs = [(r, k) for r in refs for k in r.traits if k in r.rejects]
-    g, gn = sequence_logps(model, tokenizer, [r.prompt for r in refs], [r.golden for r in refs], batch_size, per_token=True, progress=progress)
-    k, kn = sequence_logps(model, tokenizer, [r.prompt for r, _ in pairs], [r.rejects[t] for r, t in pairs], batch_size, per_token=True, progress=progress)
+    g, gn = completion_logps(model, tokenizer, [r.prompt for r in refs], [r.golden for r in refs], batch_size, per_token=True, progress=progress)
+    k, kn = completion_logps(model, tokenizer, [r.prompt for r, _ in pairs], [r.rejects[t] for r, t in pairs], batch_size, per_token=True, progress=progress)
     gi = {r.item: (v, n) for r, v, n in zip(refs, g, gn)}
     return pd.DataFrame({'item': [r.item for r, _ in pairs], 'trait': [t for _, t in pairs],
                          'golden': [gi[r.item][0] for r, _ in pairs], 'reject': k,
