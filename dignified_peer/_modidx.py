@@ -544,6 +544,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'dignified_peer.mfrm.MFRM._kkt': ('mfrm.html#mfrm._kkt', 'dignified_peer/mfrm.py'),
                                      'dignified_peer.mfrm.MFRM._layout': ('mfrm.html#mfrm._layout', 'dignified_peer/mfrm.py'),
                                      'dignified_peer.mfrm.MFRM._loglik': ('mfrm.html#mfrm._loglik', 'dignified_peer/mfrm.py'),
+                                     'dignified_peer.mfrm.MFRM._newton': ('mfrm.html#mfrm._newton', 'dignified_peer/mfrm.py'),
                                      'dignified_peer.mfrm.MFRM._posthoc': ('mfrm.html#mfrm._posthoc', 'dignified_peer/mfrm.py'),
                                      'dignified_peer.mfrm.MFRM._prepare': ('mfrm.html#mfrm._prepare', 'dignified_peer/mfrm.py'),
                                      'dignified_peer.mfrm.MFRM._residuals': ('mfrm.html#mfrm._residuals', 'dignified_peer/mfrm.py'),

@@ -467,6 +467,7 @@ def _weights_hash(lm, tokenizer) -> str:
     h.update(str(getattr(tokenizer, 'chat_template', '')).encode())
     return h.hexdigest()
 
+# %% ../nbs/02_backends.ipynb #65fcef74
 class TransformersBackend(ChatBackend):
     "Batched local generation with a transformers causal LM and its chat template."
     kind = 'transformers'
@@ -499,38 +500,41 @@ class TransformersBackend(ChatBackend):
         "The cache key: the weights, the messages and the sampling, the default length limit included."
         return cache_key(self.kind, self.identity, messages, {'max_tokens': self.max_new_tokens, **sampling})
 
-    def _generate(self, todo, sampling):
-        import torch
-        from tqdm import tqdm
-        s = dict(sampling)
-        max_new = int(s.pop('max_tokens', None) or s.pop('max_new_tokens', None) or self.max_new_tokens)
-        temperature, top_p, seed = s.pop('temperature', 0.0) or 0.0, s.pop('top_p', None), s.pop('seed', None)
-        gen = dict(max_new_tokens=max_new, do_sample=temperature > 0, pad_token_id=self.tokenizer.pad_token_id)
-        if temperature > 0: gen.update(temperature=temperature, **({'top_p': top_p} if top_p is not None else {}))
-        else: gen.update(temperature=None, top_p=None, top_k=None)
-        gen.update(s)  # any other generate() argument passes through
-        items, done = list(todo.items()), {}
-        tok, side = self.tokenizer, self.tokenizer.padding_side
-        tok.padding_side = 'left'
-        eos_cfg = getattr(self.lm.generation_config, 'eos_token_id', None)
-        eos = {tok.eos_token_id} | set(eos_cfg if isinstance(eos_cfg, list) else [] if eos_cfg is None else [eos_cfg])
-        try:
-            for b in tqdm(range(0, len(items), self.batch_size), disable=not self.progress, desc=self.name):
-                chunk = items[b:b + self.batch_size]
-                t0 = time.perf_counter()
-                texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for _, (_, m) in chunk]
-                enc = tok(texts, return_tensors='pt', padding=True, add_special_tokens=False).to(self.lm.device)
-                if seed is not None: torch.manual_seed(seed)
-                with torch.no_grad(): out = self.lm.generate(**enc, **gen)
-                new = out[:, enc['input_ids'].shape[1]:]
-                dt = (time.perf_counter() - t0) / len(chunk)
-                for j, (key, _) in enumerate(chunk):
-                    ids = new[j].tolist()
-                    stop = next((p for p, t in enumerate(ids) if t in eos), None)
-                    n_new = len(ids) if stop is None else stop + 1
-                    text = tok.decode(ids[:n_new], skip_special_tokens=True)
-                    usage = {'prompt_tokens': int(enc['attention_mask'][j].sum()), 'completion_tokens': n_new}
-                    done[key] = Completion(text, 'length' if stop is None else 'stop', usage, cache_key=key, model=self.model, latency=dt)
-                    self.usage['requests'] += 1
-        finally: tok.padding_side = side
-        return done
+# %% ../nbs/02_backends.ipynb #5f8b2da9
+@patch
+def _generate(self:TransformersBackend, todo, sampling):
+    "Greedy or sampled generation in batches of `batch_size`, left-padded, each reply cut at its first EOS."
+    import torch
+    from tqdm import tqdm
+    s = dict(sampling)
+    max_new = int(s.pop('max_tokens', None) or s.pop('max_new_tokens', None) or self.max_new_tokens)
+    temperature, top_p, seed = s.pop('temperature', 0.0) or 0.0, s.pop('top_p', None), s.pop('seed', None)
+    gen = dict(max_new_tokens=max_new, do_sample=temperature > 0, pad_token_id=self.tokenizer.pad_token_id)
+    if temperature > 0: gen.update(temperature=temperature, **({'top_p': top_p} if top_p is not None else {}))
+    else: gen.update(temperature=None, top_p=None, top_k=None)
+    gen.update(s)  # any other generate() argument passes through
+    items, done = list(todo.items()), {}
+    tok, side = self.tokenizer, self.tokenizer.padding_side
+    tok.padding_side = 'left'
+    eos_cfg = getattr(self.lm.generation_config, 'eos_token_id', None)
+    eos = {tok.eos_token_id} | set(eos_cfg if isinstance(eos_cfg, list) else [] if eos_cfg is None else [eos_cfg])
+    try:
+        for b in tqdm(range(0, len(items), self.batch_size), disable=not self.progress, desc=self.name):
+            chunk = items[b:b + self.batch_size]
+            t0 = time.perf_counter()
+            texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for _, (_, m) in chunk]
+            enc = tok(texts, return_tensors='pt', padding=True, add_special_tokens=False).to(self.lm.device)
+            if seed is not None: torch.manual_seed(seed)
+            with torch.no_grad(): out = self.lm.generate(**enc, **gen)
+            new = out[:, enc['input_ids'].shape[1]:]
+            dt = (time.perf_counter() - t0) / len(chunk)
+            for j, (key, _) in enumerate(chunk):
+                ids = new[j].tolist()
+                stop = next((p for p, t in enumerate(ids) if t in eos), None)
+                n_new = len(ids) if stop is None else stop + 1
+                text = tok.decode(ids[:n_new], skip_special_tokens=True)
+                usage = {'prompt_tokens': int(enc['attention_mask'][j].sum()), 'completion_tokens': n_new}
+                done[key] = Completion(text, 'length' if stop is None else 'stop', usage, cache_key=key, model=self.model, latency=dt)
+                self.usage['requests'] += 1
+    finally: tok.padding_side = side
+    return done

@@ -160,6 +160,18 @@ def fit(self:MFRM, df: pd.DataFrame # long ratings: target, facet and score colu
     crows = self._constraints(in_fit)
     theta = np.concatenate([self.beta_, self.K_[self.kfree_ >= 0]])  # kfree numbers them in this order
     L = self._layout(rows, xa, sca)
+    theta = self._newton(theta, L, free, crows)
+    self.beta_, self.K_ = theta[:self.n_beta_].copy(), self._K_from(theta)
+    self._posthoc(x, ~in_fit & ~self.anchored_)
+    self._covariance(theta, L, free, crows)
+    self.data_, self.x_ = data, x
+    self._residuals()
+    return self
+
+# %% ../nbs/07_mfrm.ipynb #90357cb2
+@patch
+def _newton(self:MFRM, theta, L:_Layout, free, crows) -> np.ndarray:
+    "Constrained Newton steps with step halving from `theta`; sets `history_`, `converged_`, `n_iter_`, `loglik_`."
     self.history_, self.converged_, it, ascent = [], False, 0, True
     for it in range(1, self.max_iter + 1):
         ll, g, H = self._score_info(theta, L)
@@ -174,7 +186,7 @@ def fit(self:MFRM, df: pd.DataFrame # long ratings: target, facet and score colu
         t = 1.0
         while True:  # the log-likelihood is concave, so halving the step should end in an ascent
             new = theta.copy(); new[free] += t * step
-            ll_new = self._loglik(new, rows, xa, sca)
+            ll_new = self._loglik(new, L.rows, L.x, L.sc)
             ascent = ll_new >= ll - 1e-10 * abs(ll)
             if ascent or t < 1e-4: break
             t /= 2
@@ -186,17 +198,12 @@ def fit(self:MFRM, df: pd.DataFrame # long ratings: target, facet and score colu
     if not self.converged_ and not ascent:
         warnings.warn(f"MFRM line search failed at iteration {it}: no fraction (down to 1/16384) of the Newton step "
                       f"({newton:.2g} logits > tol {self.tol:g}) raises the log-likelihood; the fit stopped unconverged",
-                      MFRMConvergenceWarning, stacklevel=2)
+                      MFRMConvergenceWarning, stacklevel=3)
     elif not self.converged_:
         last = f" (last Newton step {self.history_[-1][2]:.2g} logits > tol {self.tol:g})" if self.history_ else ''
-        warnings.warn(f"MFRM did not converge in {self.max_iter} iterations{last}", MFRMConvergenceWarning, stacklevel=2)
-    self.loglik_ = self.history_[-1][1] if self.history_ else self._loglik(theta, rows, xa, sca)
-    self.beta_, self.K_ = theta[:self.n_beta_].copy(), self._K_from(theta)
-    self._posthoc(x, ~in_fit & ~self.anchored_)
-    self._covariance(theta, L, free, crows)
-    self.data_, self.x_ = data, x
-    self._residuals()
-    return self
+        warnings.warn(f"MFRM did not converge in {self.max_iter} iterations{last}", MFRMConvergenceWarning, stacklevel=3)
+    self.loglik_ = self.history_[-1][1] if self.history_ else self._loglik(theta, L.rows, L.x, L.sc)
+    return theta
 
 # %% ../nbs/07_mfrm.ipynb #1d5bf888
 @patch
