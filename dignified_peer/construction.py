@@ -537,6 +537,53 @@ def _read_decisions(path:Path) -> list[dict]:
         return [json.loads(l) for l in path.read_text(encoding='utf-8').splitlines() if l.strip()]
     return pd.read_csv(path, dtype=str, keep_default_na=False).to_dict('records')
 
+def _by_row(decisions:list[dict], rows:dict, log) -> dict[str, list[dict]]:
+    "The filled lines of the sheet grouped by row; a line for an unknown row or with an unknown decision is logged, not kept."
+    by_row = {}
+    for d in decisions:
+        rid, dec = _cell(d.get('row_id')), _cell(d.get('decision')).lower()
+        if not dec: continue  # an untouched line of the sheet
+        if rid not in rows: log(rid, dec, 'unknown_row', False, 'no row with this row_id'); continue
+        if dec not in DECISIONS: log(rid, dec, 'invalid_decision', False, f"decision must be one of {', '.join(DECISIONS)}", _cell(d.get('comment'))); continue
+        by_row.setdefault(rid, []).append(d)
+    return by_row
+
+# %% ../nbs/03_construction.ipynb #e3318604
+def _edit(rid:str, row:dict, ch:dict, dec:str, comment:str, log) -> tuple[tuple, dict]:
+    "Apply the changed fields `ch` to `row` when the result is valid: (status, the row kept)."
+    new = {**row, **{f: _cell(v) for f, v in ch.items()}}
+    if 'mask' in ch:
+        try: new['mask'] = json.dumps(list(parse_traits(new['mask'])))
+        except ValueError as e:
+            log(rid, dec, 'invalid_edit', False, str(e), comment, {f: row[f] for f in ch}, ch)
+            return ('invalid_edit', comment), row
+    _, rep = validate_personaknob(pd.DataFrame([new]), strict=False)
+    if rep.problems:
+        log(rid, dec, 'invalid_edit', False, '; '.join(p.message for p in rep.problems), comment, {f: row[f] for f in ch}, ch)
+        return ('invalid_edit', comment), row
+    log(rid, dec, 'edited', True, f"changed: {', '.join(ch)}", comment, {f: row[f] for f in ch}, {f: new[f] for f in ch})
+    return ('edited', comment), new
+
+# %% ../nbs/03_construction.ipynb #df29566b
+def _review_row(rid:str, row:dict, ds:list[dict], log) -> tuple[tuple|None, dict|None]:
+    "(status, comment) and the row kept after the decisions `ds`; (None, None) when it is dropped."
+    if not ds: log(rid, '', 'unreviewed', False); return ('unreviewed', ''), row
+    changes = [{f: d[f] for f in REVIEW_FIELDS if f in d and not _same(f, d[f], row[f])} for d in ds]
+    variants = {(_cell(d['decision']).lower(), json.dumps({f: _cell(v) for f, v in c.items()}, sort_keys=True)) for d, c in zip(ds, changes)}
+    comment = ' | '.join(dict.fromkeys(_cell(d.get('comment')) for d in ds if _cell(d.get('comment'))))
+    if len(variants) > 1:
+        log(rid, '/'.join(sorted({v[0] for v in variants})), 'conflict', False, f"{len(ds)} different decisions for this row; none applied", comment)
+        return ('conflict', comment), row
+    dec, ch = _cell(ds[0]['decision']).lower(), changes[0]
+    if dec == 'drop': log(rid, dec, 'dropped', True, '', comment, before=row); return None, None
+    if dec == 'accept' and ch:
+        log(rid, dec, 'conflict', False, f"accepted but fields changed: {', '.join(ch)}; use 'edit' to apply them", comment, before={f: row[f] for f in ch}, after=ch)
+        return ('conflict', comment), row
+    if dec == 'accept': log(rid, dec, 'accepted', True, '', comment); return ('accepted', comment), row
+    if not ch: log(rid, dec, 'no_change', True, 'edit without any changed field: kept as is', comment); return ('accepted', comment), row
+    return _edit(rid, row, ch, dec, comment, log)
+
+# %% ../nbs/03_construction.ipynb #803a69a4
 def import_review(df:pd.DataFrame, # the rows that were exported
                   decisions_path:str|Path, # the filled review sheet (.csv or .jsonl)
                   audit_path:str|Path|None=None, # also write the audit log here (CSV)
@@ -544,54 +591,16 @@ def import_review(df:pd.DataFrame, # the rows that were exported
     "Merge reviewer decisions into `df`; returns the reviewed rows and the audit log (nothing applied silently or lost)."
     now = time.strftime('%Y-%m-%dT%H:%M:%S')
     rows = {r['row_id']: r for r in df.to_dict('records')}
-    audit, by_row = [], {}
+    audit = []
     log = lambda rid, decision, status, applied, detail='', comment='', before=None, after=None: audit.append(
         {'row_id': rid, 'decision': decision, 'status': status, 'applied': applied, 'detail': detail, 'comment': comment,
          'before': json.dumps(before, ensure_ascii=False, default=str) if before is not None else '',
          'after': json.dumps(after, ensure_ascii=False, default=str) if after is not None else '', 'time': now})
-    for d in _read_decisions(Path(decisions_path)):
-        rid, dec = _cell(d.get('row_id')), _cell(d.get('decision')).lower()
-        if not dec: continue  # an untouched line of the sheet
-        if rid not in rows: log(rid, dec, 'unknown_row', False, 'no row with this row_id'); continue
-        if dec not in DECISIONS: log(rid, dec, 'invalid_decision', False, f"decision must be one of {', '.join(DECISIONS)}", _cell(d.get('comment'))); continue
-        by_row.setdefault(rid, []).append(d)
+    by_row = _by_row(_read_decisions(Path(decisions_path)), rows, log)
     status, out = {}, {}
     for rid, row in rows.items():
-        ds = by_row.get(rid, [])
-        changes = [{f: d[f] for f in REVIEW_FIELDS if f in d and not _same(f, d[f], row[f])} for d in ds]
-        variants = {(_cell(d['decision']).lower(), json.dumps({f: _cell(v) for f, v in c.items()}, sort_keys=True)) for d, c in zip(ds, changes)}
-        comment = ' | '.join(dict.fromkeys(_cell(d.get('comment')) for d in ds if _cell(d.get('comment'))))
-        if not ds: status[rid] = ('unreviewed', ''); log(rid, '', 'unreviewed', False); out[rid] = row; continue
-        if len(variants) > 1:
-            status[rid] = ('conflict', comment)
-            log(rid, '/'.join(sorted({v[0] for v in variants})), 'conflict', False, f"{len(ds)} different decisions for this row; none applied", comment)
-            out[rid] = row; continue
-        dec, ch = _cell(ds[0]['decision']).lower(), changes[0]
-        if dec == 'drop':
-            log(rid, dec, 'dropped', True, '', comment, before=row); continue
-        if dec == 'accept':
-            if ch:
-                status[rid] = ('conflict', comment)
-                log(rid, dec, 'conflict', False, f"accepted but fields changed: {', '.join(ch)}; use 'edit' to apply them", comment, before={f: row[f] for f in ch}, after=ch)
-            else: status[rid] = ('accepted', comment); log(rid, dec, 'accepted', True, '', comment)
-            out[rid] = row; continue
-        if not ch:
-            status[rid] = ('accepted', comment); log(rid, dec, 'no_change', True, 'edit without any changed field: kept as is', comment)
-            out[rid] = row; continue
-        new = {**row, **{f: _cell(v) for f, v in ch.items()}}
-        if 'mask' in ch:
-            try: new['mask'] = json.dumps(list(parse_traits(new['mask'])))
-            except ValueError as e:
-                status[rid] = ('invalid_edit', comment); log(rid, dec, 'invalid_edit', False, str(e), comment, {f: row[f] for f in ch}, ch)
-                out[rid] = row; continue
-        _, rep = validate_personaknob(pd.DataFrame([new]), strict=False)
-        if rep.problems:
-            status[rid] = ('invalid_edit', comment)
-            log(rid, dec, 'invalid_edit', False, '; '.join(p.message for p in rep.problems), comment, {f: row[f] for f in ch}, ch)
-            out[rid] = row; continue
-        status[rid] = ('edited', comment)
-        log(rid, dec, 'edited', True, f"changed: {', '.join(ch)}", comment, {f: row[f] for f in ch}, {f: new[f] for f in ch})
-        out[rid] = new
+        st, kept = _review_row(rid, row, by_row.get(rid, []), log)
+        if kept is not None: status[rid], out[rid] = st, kept
     res = pd.DataFrame(list(out.values()), columns=df.columns) if out else df.iloc[:0].copy()
     res['review_status'] = [status[r][0] for r in res['row_id']]
     res['review_comment'] = [status[r][1] for r in res['row_id']]
