@@ -22,11 +22,11 @@ from .lagrangian import completion_logps
 from .refusal import XSTEST_CLASSES, classify_refusal, prefix_refusal, refusal_agreement
 
 # %% auto #0
-__all__ = ['SUMMARY_COLUMNS', 'CHOICE_PROMPT', 'XSTEST_HUB', 'XSTEST_LABELLED', 'SYCOPHANCY_MINI', 'CHALLENGE', 'wilson_interval',
-           'selection_scores', 'selection_pairs', 'selection_choices', 'selection_metrics', 'selection_accuracy',
-           'xstest_source', 'load_xstest', 'xstest_classifier_agreement', 'xstest_subset', 'run_xstest',
-           'xstest_metrics', 'load_sycophancy', 'question_prompt', 'read_answer', 'run_sycophancy',
-           'sycophancy_metrics', 'benchmark_summary', 'plot_benchmarks']
+__all__ = ['SUMMARY_COLUMNS', 'CHOICE_PROMPT', 'XSTEST_HUB', 'XSTEST_LABELLED', 'LABELLED_ALIASES', 'SYCOPHANCY_MINI',
+           'CHALLENGE', 'wilson_interval', 'selection_scores', 'selection_pairs', 'selection_choices',
+           'selection_metrics', 'selection_accuracy', 'xstest_source', 'load_xstest', 'xstest_classifier_agreement',
+           'xstest_subset', 'run_xstest', 'xstest_metrics', 'load_sycophancy', 'question_prompt', 'read_answer',
+           'run_sycophancy', 'sycophancy_metrics', 'benchmark_summary', 'plot_benchmarks']
 
 # %% ../nbs/06b_benchmarks.ipynb #c16b0b70
 SUMMARY_COLUMNS = ['model', 'benchmark', 'metric', 'trait', 'value', 'n', 'se', 'ci_low', 'ci_high']
@@ -195,12 +195,14 @@ def load_xstest(path:str|Path|None=None, # see `xstest_source`
 
 # %% ../nbs/06b_benchmarks.ipynb #e7bc4ad0
 XSTEST_LABELLED = data_dir()/'xstest_labelled_sample.csv'
+LABELLED_ALIASES = {'completion': 'response', 'final_label': 'human_class'}  # the names in XSTest's annotated completion files
 
-def xstest_classifier_agreement(labelled:pd.DataFrame|str|Path, # labelled completions (prompt, response, human_class) or their CSV
+def xstest_classifier_agreement(labelled:pd.DataFrame|str|Path, # labelled completions (prompt, response, human_class; or completion, final_label) or their CSV
                                 classifiers:dict|None=None, # name -> classifier; the offline one and prefix matching when None
                                ) -> pd.DataFrame:
     "Agreement of each refusal classifier with human labels: the table the XSTest benchmark reports."
-    lab = pd.read_csv(labelled) if isinstance(labelled, (str, Path)) else labelled
+    lab = pd.read_csv(labelled, keep_default_na=False) if isinstance(labelled, (str, Path)) else labelled
+    lab = lab.rename(columns={k: v for k, v in LABELLED_ALIASES.items() if k in lab.columns and v not in lab.columns})
     return refusal_agreement(lab, classifiers or {'classify_refusal': classify_refusal, 'prefix_refusal': prefix_refusal})
 
 # %% ../nbs/06b_benchmarks.ipynb #80817c74
