@@ -33,8 +33,9 @@ from .lagrangian import DUAL_SETTINGS, DualState, check_objective_names, check_d
 # %% auto #0
 __all__ = ['WEIGHTINGS', 'PLAIN_OBJECTIVE', 'DUAL_STATE_NAME', 'STATS', 'REF_LOGPS_CACHE', 'METHODS', 'TRAIN_DEFAULTS',
            'FAST_DEFAULTS', 'LagrangianDPOConfig', 'DataCollatorForPreferenceGroups', 'NonFiniteLossError',
-           'DualAscentCallback', 'LagrangianDPOTrainer', 'LengthGroupedBatches', 'padding_share', 'history_frame',
-           'train', 'TrainScriptArguments', 'load_train_config', 'train_cli']
+           'DualAscentCallback', 'LagrangianDPOTrainer', 'LengthGroupedBatches', 'padding_share',
+           'DataCollatorForSharedPrompt', 'shared_prompt_logps', 'history_frame', 'train', 'TrainScriptArguments',
+           'load_train_config', 'train_cli']
 
 # %% ../nbs/05_training.ipynb #c02058d4
 WEIGHTINGS: tuple[str, ...] = ('lagrangian', 'uniform', 'fixed', 'pooled')
@@ -66,6 +67,7 @@ class LagrangianDPOConfig(DPOConfig):
     normalize_weights: bool = field(default=False, metadata={'help': "Divide the per-trait weights by their sum (keeps the primal step size independent of the multipliers)."})
     trait_weights: dict | str | None = field(default=None, metadata={'help': "Hand weights of the 'fixed' weighting as a dict or JSON string, e.g. '{\"A\": 2, \"T\": 1, \"E\": 1, \"C\": 1}'."})
     drop_other_traits: bool = field(default=False, metadata={'help': "Drop the pairs of traits outside `traits` from the data; by default such data is refused."})
+    share_prompt: bool = field(default=False, metadata={'help': "Put each group in one sequence (prompt once, then the golden and every reject, a block attention mask): needs precompute_ref_log_probs and an attention kernel that takes a custom 4D mask (eager or sdpa); falls back to one sequence per completion, with a warning, otherwise."})
 
     def __post_init__(self):
         # DPOConfig turns bf16 on unless told otherwise, which fails on a CPU: only default to it where it works
@@ -246,8 +248,9 @@ class LagrangianDPOTrainer(DPOTrainer):
         super().__init__(model, ref_model=ref_model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, data_collator=data_collator, **kwargs)
         if data_collator is None:
-            self.data_collator = DataCollatorForPreferenceGroups(self._tokenizer.pad_token_id, args.max_length,
-                                                                 args.truncation_mode, args.pad_to_multiple_of)
+            shared = args.share_prompt and _can_share_prompt(self.model, args)
+            self.data_collator = (DataCollatorForSharedPrompt if shared else DataCollatorForPreferenceGroups)(
+                self._tokenizer.pad_token_id, args.max_length, args.truncation_mode, args.pad_to_multiple_of)
         self.add_callback(DualAscentCallback(self))
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -306,14 +309,18 @@ class LagrangianDPOTrainer(DPOTrainer):
     def per_trait_forward(self, model, inputs:dict) -> dict:
         "Per-trait losses and counts, and the per-pair log-ratios, from one forward of the policy and the reference."
         trait_ids, chosen_index = inputs['trait_ids'], inputs['chosen_index']
-        batch = {k: inputs[k] for k in ('input_ids', 'attention_mask', 'completion_mask')}
-        n_chosen = batch['input_ids'].size(0) - trait_ids.numel()
-        completion_mask = batch['completion_mask']
-        labels = batch['input_ids'].masked_fill(completion_mask == 0, -100)
         moe = {'output_router_logits': True} if self.aux_loss_enabled else {}  # as TRL: the MoE model then returns `aux_loss`
-        outputs = model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask'], labels=labels,
-                        fused_lm_head=True, use_cache=False, **moe)
-        logps = outputs.log_probs[:, -(completion_mask.size(1) - 1):].sum(dim=1)
+        if 'block_mask' in inputs:  # one sequence per group (`share_prompt`)
+            batch = {k: inputs[k] for k in ('input_ids', 'attention_mask')}
+            logps, outputs = shared_prompt_logps(model, inputs, **moe)
+        else:
+            batch = {k: inputs[k] for k in ('input_ids', 'attention_mask', 'completion_mask')}
+            completion_mask = batch['completion_mask']
+            labels = batch['input_ids'].masked_fill(completion_mask == 0, -100)
+            outputs = model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask'], labels=labels,
+                            fused_lm_head=True, use_cache=False, **moe)
+            logps = outputs.log_probs[:, -(completion_mask.size(1) - 1):].sum(dim=1)
+        n_chosen = logps.numel() - trait_ids.numel()
         if 'ref_logps' in inputs: ref_logps = inputs['ref_logps'].to(logps.dtype)  # precomputed once (`precompute_ref_log_probs`)
         else: ref_logps = torch.cat(self.compute_ref_log_probs(self.ref_model if self.ref_model is not None else self.model, batch))
         pc, pr = logps[:n_chosen][chosen_index], logps[n_chosen:]
@@ -438,6 +445,10 @@ class LagrangianDPOTrainer(DPOTrainer):
 # %% ../nbs/05_training.ipynb #9c8044d2
 REF_LOGPS_CACHE = Path(datasets.config.HF_DATASETS_CACHE)/'dignified_peer'/'ref_logps'  # precomputed reference log-probs, one JSON per key
 
+def _shared_length(ex:dict) -> int:
+    "The length of a tokenised group as one sequence (`share_prompt`): the prompt once, each completion with one token more."
+    return len(ex['prompt_ids']) - 1 + sum(1 + len(c) for c in [ex['chosen_ids'], *ex['rejected_ids']])
+
 def _group_length(ex:dict) -> int:
     "The longest sequence (prompt plus golden or a reject) of a tokenised group: the width it pads a batch to."
     return len(ex['prompt_ids']) + max(len(c) for c in [ex['chosen_ids'], *ex['rejected_ids']])
@@ -515,8 +526,71 @@ def _get_train_sampler(self:LagrangianDPOTrainer, train_dataset=None):
     ds = self.train_dataset if train_dataset is None else train_dataset
     if self.args.train_sampling_strategy != 'group_by_length' or not isinstance(ds, datasets.Dataset): return DPOTrainer._get_train_sampler(self, train_dataset)
     cap = self.args.max_length or math.inf
-    lengths = [min(_group_length(ex), cap) for ex in ds.select_columns(['prompt_ids', 'chosen_ids', 'rejected_ids'])]
+    width = _shared_length if isinstance(self.data_collator, DataCollatorForSharedPrompt) else _group_length
+    lengths = [min(width(ex), cap) for ex in ds.select_columns(['prompt_ids', 'chosen_ids', 'rejected_ids'])]
     return LengthGroupedBatches(lengths, self._train_batch_size, seed=self.args.seed)
+
+# %% ../nbs/05_training.ipynb #ab597004
+@dataclass
+class DataCollatorForSharedPrompt(DataCollatorForPreferenceGroups):
+    "One sequence per group: the prompt once, then a block per completion (golden, then each reject) with a block attention mask."
+    def __call__(self, examples:list[dict]) -> dict[str, torch.Tensor]:
+        if self.truncation_mode != 'keep_start' and self.max_length is not None: raise ValueError("share_prompt needs truncation_mode='keep_start'")
+        rows, chosen_index, trait_ids = [], [], []
+        for g, ex in enumerate(examples):
+            p, cap = ex['prompt_ids'], (self.max_length or math.inf) - len(ex['prompt_ids'])
+            comps = [ex['chosen_ids']] + list(ex['rejected_ids'])
+            comps = [c[:cap] if cap < math.inf else c for c in comps]
+            ids, pos, seg, lab = list(p[:-1]), list(range(len(p) - 1)), [-1] * (len(p) - 1), [-100] * (len(p) - 1)
+            for j, c in enumerate(comps):  # block j: the last prompt token again, then completion j, at positions len(p)-1...
+                ids += [p[-1]] + c; pos += range(len(p) - 1, len(p) + len(c)); seg += [j] * (len(c) + 1); lab += c + [-100]
+            rows.append((ids, pos, seg, lab, len(p) - 1))
+            chosen_index += [g] * len(ex['rejected_ids']); trait_ids += list(ex['trait_ids'])
+        T = max(len(r[0]) for r in rows)
+        if self.pad_to_multiple_of: T = -(-T // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        B = len(rows)
+        out = {'input_ids': torch.full((B, T), self.pad_token_id), 'attention_mask': torch.zeros(B, T, dtype=torch.long),
+               'position_ids': torch.zeros(B, T, dtype=torch.long), 'segment_ids': torch.full((B, T), -1),
+               'shift_labels': torch.full((B, T), -100), 'block_mask': torch.eye(T, dtype=torch.bool).repeat(B, 1, 1),  # padding sees itself: no empty softmax row
+               'n_blocks': torch.tensor([1 + len(ex['rejected_ids']) for ex in examples])}
+        for b, (ids, pos, seg, lab, n) in enumerate(rows):
+            L = len(ids); s = torch.tensor(seg)
+            out['input_ids'][b, :L] = torch.tensor(ids); out['attention_mask'][b, :L] = 1; out['position_ids'][b, :L] = torch.tensor(pos)
+            out['segment_ids'][b, :L] = s; out['shift_labels'][b, :L] = torch.tensor(lab)
+            causal = torch.ones(L, L, dtype=torch.bool).tril()
+            same = (s[:, None] == s[None, :]) | (s[None, :] == -1)  # a block sees itself and the prompt
+            out['block_mask'][b, :L, :L] = causal & same
+        out.update(chosen_index=torch.tensor(chosen_index, dtype=torch.long), trait_ids=torch.tensor(trait_ids, dtype=torch.long))
+        if 'ref_chosen_logps' in examples[0]:
+            out['ref_logps'] = torch.tensor([ex['ref_chosen_logps'] for ex in examples] + [v for ex in examples for v in ex['ref_rejected_logps']], dtype=torch.float64)
+        return out
+
+def shared_prompt_logps(model, # a causal LM with TRL's fused LM head (`add_fused_lm_head`; the trainer adds it)
+                        inputs:dict, # a batch of `DataCollatorForSharedPrompt`
+                        **kwargs, # passed to the model
+                       ):
+    "log pi of every completion, laid out [goldens..., rejects...] as the unshared collator lays them out, and the model's outputs."
+    emb = model.get_input_embeddings().weight
+    allowed = inputs['block_mask'].to(emb.device)[:, None]
+    mask = torch.zeros(allowed.shape, dtype=emb.dtype, device=emb.device).masked_fill(~allowed, torch.finfo(emb.dtype).min)
+    outputs = model(input_ids=inputs['input_ids'], attention_mask=mask, position_ids=inputs['position_ids'],
+                    shift_labels=inputs['shift_labels'], fused_lm_head=True, use_cache=False, **kwargs)
+    n = inputs['n_blocks']
+    sums = torch.zeros(n.numel(), int(n.max()), dtype=outputs.log_probs.dtype, device=outputs.log_probs.device)
+    sums = sums.scatter_add(1, inputs['segment_ids'].clamp(min=0).to(sums.device), outputs.log_probs)  # the prompt's positions carry no label (0)
+    keep = torch.arange(sums.size(1), device=sums.device)[None] < n.to(sums.device)[:, None]
+    return torch.cat([sums[:, 0], sums[:, 1:][keep[:, 1:]]]), outputs
+
+_warned_share = set()
+def _can_share_prompt(model, args) -> bool:
+    "Whether `share_prompt` can run here; the reason, once, when it cannot."
+    impl = getattr(model.config, '_attn_implementation', None)
+    why = ("the reference log-probs are not precomputed (precompute_ref_log_probs=False)" if not args.precompute_ref_log_probs else
+           f"truncation_mode={args.truncation_mode!r} cuts each sequence's prompt differently" if args.max_length and args.truncation_mode != 'keep_start' else
+           f"the attention implementation {impl!r} takes no custom 4D mask" if impl not in ('eager', 'sdpa') else None)
+    if why and why not in _warned_share:
+        _warned_share.add(why); get_logger('training').warning('share_prompt: %s; one sequence per completion instead', why)
+    return why is None
 
 # %% ../nbs/05_training.ipynb #f6890525
 METHODS: dict[str, str|None] = {'lagdpo': 'lagrangian', 'uniform': 'uniform', 'fixed': 'fixed', 'pooled': 'pooled', 'sft': None}
