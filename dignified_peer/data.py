@@ -31,8 +31,8 @@ __all__ = ['REJECT_COLUMNS', 'CARD_COLUMNS', 'TEXT_COLUMNS', 'MINI_DATASET', 'HU
            'RunFileError', 'read_jsonl', 'append_jsonl', 'content_hash', 'Problem', 'ValidationReport',
            'PersonaKnobValidationError', 'as_text', 'validate_personaknob', 'PersonaKnobRow', 'is_blank', 'is_hub_id',
            'load_personaknob', 'save_personaknob', 'OrderConflictError', 'PreferenceOrder', 'order_relation',
-           'hasse_edges', 'find_cycle', 'merge_orders', 'plot_order', 'to_pairs', 'to_groups', 'pairs_to_groups',
-           'length_ratio', 'dataset_stats', 'plot_dataset_distribution']
+           'hasse_edges', 'merge_orders', 'plot_order', 'to_pairs', 'to_groups', 'pairs_to_groups', 'length_ratio',
+           'dataset_stats', 'plot_dataset_distribution']
 
 # %% ../nbs/01_data.ipynb #77c1a212
 REJECT_COLUMNS: dict[str, str] = {k: f'reject_{k}' for k in TRAIT_KEYS}
@@ -527,24 +527,9 @@ def hasse_edges(o:PreferenceOrder) -> set[tuple[str, str]]:
     rel = order_relation(o)
     return {(a, b) for a, b in rel if not any((a, c) in rel and (c, b) in rel for c in o.nodes)}
 
-def find_cycle(edges:Iterable[tuple[str, str]]) -> list[str]|None:
-    "A cycle in a set of directed edges, as a list of nodes, or None."
-    graph = defaultdict(list)
-    for a, b in edges: graph[a].append(b)
-    state, stack = {}, []
-    def visit(n):
-        state[n] = 1; stack.append(n)
-        for m in graph[n]:
-            if state.get(m) == 1: return stack[stack.index(m):] + [m]
-            if m not in state and (cyc := visit(m)): return cyc
-        state[n] = 2; stack.pop(); return None
-    for n in list(graph):
-        if n not in state and (cyc := visit(n)): return cyc
-    return None
-
 # %% ../nbs/01_data.ipynb #8283cc8f
 def merge_orders(*orders:PreferenceOrder) -> PreferenceOrder:
-    "Compose orders over the same prompt; raises `OrderConflictError` on contradictions or cycles."
+    "Compose orders over the same prompt; raises `OrderConflictError` when they disagree on a prompt or a trait set."
     if not orders: raise ValueError('merge_orders needs at least one order')
     prompts = {_norm(o.prompt) for o in orders}
     if len(prompts) > 1: raise OrderConflictError(f"orders over different prompts cannot be merged: {sorted(p[:40] for p in prompts)}")
@@ -554,12 +539,6 @@ def merge_orders(*orders:PreferenceOrder) -> PreferenceOrder:
     for o in orders:
         for (a, b), srcs in o.edges.items():
             for s in srcs: out.add_edge(a, b, s)
-    explicit = set(out.edges)
-    for a, b in explicit:
-        if (b, a) in explicit:
-            raise OrderConflictError(f"sources {sorted(out.edges[(a, b)])} say {a[:40]!r} > {b[:40]!r} but "
-                                     f"{sorted(out.edges[(b, a)])} say the opposite")
-    if cyc := find_cycle(explicit | order_relation(out)): raise OrderConflictError(f"cycle: {' > '.join(c[:30] for c in cyc)}")
     return out
 
 # %% ../nbs/01_data.ipynb #7c6656bb
