@@ -33,14 +33,14 @@ log = get_logger('pipeline')  # stages log; only the command line (`main`) print
 
 # %% auto #0
 __all__ = ['log', 'RUN_FILES', 'DEMO_SETS', 'STAGE_SETTINGS', 'STAGES', 'STAGE_NEEDS', 'STAGE_OUTPUTS', 'SFT_SETTINGS',
-           'PREFERENCE_SETTINGS', 'FIGURES', 'SELECTION_HEADLINE', 'REPORT_CSS', 'FIGURE_CAPTIONS', 'STAGE_COMMANDS',
-           'USER_ERRORS', 'run_path', 'run_files', 'read_run_table', 'dependents', 'StageError', 'RunLockedError',
-           'RunLock', 'Pipeline', 'stage_data', 'method_order', 'base_model', 'init_model', 'method_identity',
-           'stage_train', 'trained_models', 'stage_select', 'stage_inputs', 'stage_identity', 'stage_generate',
-           'make_judges', 'read_responses', 'stage_judge', 'judge_scale', 'stage_calibrate', 'stage_benchmark',
-           'stage_gradnorm', 'run_histories', 'refit_mfrm', 'build_figures', 'stage_figures', 'md_table',
-           'render_markdown', 'render_html', 'results_table', 'summary_table', 'report_blocks', 'stage_report',
-           'compare_blocks', 'compare_report', 'build_parser', 'main']
+           'PREFERENCE_SETTINGS', 'FIGURES', 'SELECTION_HEADLINE', 'REPORT_CSS', 'FIGURE_CAPTIONS', 'STAGE_FUNCS',
+           'STAGE_COMMANDS', 'USER_ERRORS', 'run_path', 'run_files', 'read_run_table', 'dependents', 'StageError',
+           'RunLockedError', 'RunLock', 'Pipeline', 'stage_data', 'method_order', 'base_model', 'init_model',
+           'method_identity', 'stage_train', 'trained_models', 'stage_select', 'stage_inputs', 'stage_identity',
+           'stage_generate', 'make_judges', 'read_responses', 'stage_judge', 'judge_scale', 'stage_calibrate',
+           'stage_benchmark', 'stage_gradnorm', 'run_histories', 'refit_mfrm', 'build_figures', 'stage_figures',
+           'md_table', 'render_markdown', 'render_html', 'results_table', 'summary_table', 'report_blocks',
+           'stage_report', 'compare_blocks', 'compare_report', 'build_parser', 'main']
 
 # %% ../nbs/09_pipeline.ipynb #2b02138b
 RUN_FILES: dict[str, str] = {
@@ -829,6 +829,10 @@ def stage_report(run:Path, cfg:dict, force:bool=False):
     atomic_write(run_path(run, 'report_md'), render_markdown(blocks))
     if cfg['report']['html']: atomic_write(run_path(run, 'report_html'), render_html(blocks, Path(run)))
     log.info(f"{run_path(run, 'report_md')}" + (f" and {run_path(run, 'report_html')}" if cfg['report']['html'] else ''))
+
+STAGE_FUNCS = {'data': stage_data, 'train': stage_train, 'select': stage_select, 'generate': stage_generate,
+               'judge': stage_judge, 'calibrate': stage_calibrate, 'benchmark': stage_benchmark,
+               'gradnorm': stage_gradnorm, 'figures': stage_figures, 'report': stage_report}
 
 # %% ../nbs/09_pipeline.ipynb #c41de456
 def compare_blocks(runs:list[Path], # finished run directories
