@@ -25,7 +25,10 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 from trl import DPOConfig, DPOTrainer
-from trl.trainer.utils import pad
+from trl.trainer.utils import pad, use_adapter
+from trl.models.utils import disable_gradient_checkpointing
+from accelerate.utils import is_peft_model
+import contextlib
 
 from .core import EPSILON, TRAIT_KEYS, get_logger, parse_traits, seed_everything
 from .lagrangian import DUAL_SETTINGS, DualState, check_objective_names, check_dual_settings, lagrangian_weights, objective_names, per_trait_dpo_losses
@@ -67,7 +70,7 @@ class LagrangianDPOConfig(DPOConfig):
     normalize_weights: bool = field(default=False, metadata={'help': "Divide the per-trait weights by their sum (keeps the primal step size independent of the multipliers)."})
     trait_weights: dict | str | None = field(default=None, metadata={'help': "Hand weights of the 'fixed' weighting as a dict or JSON string, e.g. '{\"A\": 2, \"T\": 1, \"E\": 1, \"C\": 1}'."})
     drop_other_traits: bool = field(default=False, metadata={'help': "Drop the pairs of traits outside `traits` from the data; by default such data is refused."})
-    share_prompt: bool = field(default=False, metadata={'help': "Put each group in one sequence (prompt once, then the golden and every reject, a block attention mask): needs precompute_ref_log_probs and an attention kernel that takes a custom 4D mask (eager or sdpa); falls back to one sequence per completion, with a warning, otherwise."})
+    share_prompt: bool = field(default=False, metadata={'help': "Put each group in one sequence (prompt once, then the golden and every reject, a block attention mask): needs an attention kernel that takes a custom 4D mask (eager or sdpa); falls back to one sequence per completion, with a warning, otherwise."})
 
     def __post_init__(self):
         # DPOConfig turns bf16 on unless told otherwise, which fails on a CPU: only default to it where it works
@@ -322,6 +325,7 @@ class LagrangianDPOTrainer(DPOTrainer):
             logps = outputs.log_probs[:, -(completion_mask.size(1) - 1):].sum(dim=1)
         n_chosen = logps.numel() - trait_ids.numel()
         if 'ref_logps' in inputs: ref_logps = inputs['ref_logps'].to(logps.dtype)  # precomputed once (`precompute_ref_log_probs`)
+        elif 'block_mask' in inputs: ref_logps = self.shared_ref_logps(inputs)
         else: ref_logps = torch.cat(self.compute_ref_log_probs(self.ref_model if self.ref_model is not None else self.model, batch))
         pc, pr = logps[:n_chosen][chosen_index], logps[n_chosen:]
         rc, rr = ref_logps[:n_chosen][chosen_index], ref_logps[n_chosen:]
@@ -581,12 +585,21 @@ def shared_prompt_logps(model, # a causal LM with TRL's fused LM head (`add_fuse
     keep = torch.arange(sums.size(1), device=sums.device)[None] < n.to(sums.device)[:, None]
     return torch.cat([sums[:, 0], sums[:, 1:][keep[:, 1:]]]), outputs
 
+@patch
+def shared_ref_logps(self:LagrangianDPOTrainer, inputs:dict) -> torch.Tensor:
+    "The reference's log-probs of a shared-prompt batch, as TRL's `compute_ref_log_probs` gets them (the reference model, or the policy with its adapter disabled)."
+    model, ctx = (self.ref_model, contextlib.nullcontext()) if self.ref_model is not None else (self.model, contextlib.nullcontext())
+    if self.ref_model is None and is_peft_model(self.model):
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        ctx = use_adapter(unwrapped, adapter_name='ref' if 'ref' in unwrapped.peft_config else None)
+    with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs), ctx, self.accelerator.autocast():
+        return shared_prompt_logps(model, inputs)[0]
+
 _warned_share = set()
 def _can_share_prompt(model, args) -> bool:
     "Whether `share_prompt` can run here; the reason, once, when it cannot."
     impl = getattr(model.config, '_attn_implementation', None)
-    why = ("the reference log-probs are not precomputed (precompute_ref_log_probs=False)" if not args.precompute_ref_log_probs else
-           f"truncation_mode={args.truncation_mode!r} cuts each sequence's prompt differently" if args.max_length and args.truncation_mode != 'keep_start' else
+    why = (f"truncation_mode={args.truncation_mode!r} cuts each sequence's prompt differently" if args.max_length and args.truncation_mode != 'keep_start' else
            f"the attention implementation {impl!r} takes no custom 4D mask" if impl not in ('eager', 'sdpa') else None)
     if why and why not in _warned_share:
         _warned_share.add(why); get_logger('training').warning('share_prompt: %s; one sequence per completion instead', why)
@@ -595,7 +608,12 @@ def _can_share_prompt(model, args) -> bool:
 # %% ../nbs/05_training.ipynb #f6890525
 METHODS: dict[str, str|None] = {'lagdpo': 'lagrangian', 'uniform': 'uniform', 'fixed': 'fixed', 'pooled': 'pooled', 'sft': None}
 TRAIN_DEFAULTS: dict[str, Any] = dict(logging_steps=1, report_to='none')  # per-step history; TRL's defaults otherwise
-FAST_DEFAULTS: dict[str, Any] = dict(precompute_ref_log_probs=True, train_sampling_strategy='group_by_length')  # the preference methods: reference log-probs once, batches of similar length
+FAST_DEFAULTS: dict[str, Any] = dict(train_sampling_strategy='group_by_length')  # the preference methods: batches of similar length
+
+def _precompute_pays(args, n_rows:int) -> bool:
+    "Precomputing the reference costs one pass over all rows: it pays when training sees every row at least once."
+    if args.max_steps is None or args.max_steps <= 0: return True
+    return args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size >= n_rows
 
 def _rows(data, split):
     from dignified_peer.data import MINI_DATASET, load_personaknob
@@ -659,7 +677,7 @@ def train(method:str='lagdpo', # 'lagdpo', 'uniform', 'fixed', 'pooled' or 'sft'
     "Train one method on PersonaKnob rows; returns paths, the per-step history and the final dual state."
     if method not in METHODS: raise ValueError(f"unknown method {method!r}; choose one of {tuple(METHODS)}")
     log = get_logger('training')
-    output_dir = Path(args.output_dir if args is not None else output_dir)
+    output_dir, built = Path(args.output_dir if args is not None else output_dir), args is None  # `built`: the defaults are ours to choose
     if args is None:
         args_kw = {**TRAIN_DEFAULTS, 'output_dir': str(output_dir), **overrides}
         if METHODS[method]: args = LagrangianDPOConfig(**{**FAST_DEFAULTS, **args_kw, 'weighting': METHODS[method]})
@@ -677,6 +695,7 @@ def train(method:str='lagdpo', # 'lagdpo', 'uniform', 'fixed', 'pooled' or 'sft'
         from dignified_peer.data import to_groups, to_pairs
         chat = bool(getattr(tok, 'chat_template', None))  # the chat format generation and evaluation use
         ds = to_pairs(rows, conversational=chat) if method == 'pooled' else to_groups(rows, conversational=chat)
+        if built and 'precompute_ref_log_probs' not in overrides: args.precompute_ref_log_probs = _precompute_pays(args, len(ds))
         # the disabled adapter, or log-probs precomputed from the initial policy, need no second copy of the model
         ref = None if peft_config is not None or args.precompute_ref_log_probs else copy.deepcopy(policy).eval()
         trainer = LagrangianDPOTrainer(policy, ref_model=ref, args=args, train_dataset=ds, processing_class=tok,
