@@ -1,9 +1,12 @@
-"""Grouped forward vs TRL's pairwise forward: seconds per PersonaKnob row of TRL's DPOTrainer on the exploded pairs
-and of LagrangianDPOTrainer on the same rows, same model (about 4M parameters) and settings, in one run.
+"""Three forwards of the same PersonaKnob rows, in one run: TRL's DPOTrainer on the exploded pairs (2|S| sequences a
+row), LagrangianDPOTrainer's grouped forward (|S|+1 sequences) and its shared-prompt forward (one sequence: the prompt
+once, then every completion); same model (about 4M parameters) and settings. All three read precomputed reference
+log-probs (`precompute_ref_log_probs`), so each step is the policy's forward and backward only.
 
-The saving comes from putting each golden through the policy and the reference once per row instead of once per
-pair, so its physical limit is the ratio of the tokens the two forwards process; the target is a measured time
-ratio within 10 % of that token ratio. Usage: python bench/lagdpo_vs_trl.py [--rows 48] [--repeats 3]
+The saving of each layout is the tokens it does not process, so its physical limit is its ratio of (padded) tokens to
+TRL's; the limit of any layout is the prompt plus the sum of the completions. Per row the bench prints the real and
+padded tokens of each forward and that limit, the time ratios against TRL, and last how close each time ratio is to
+its token ratio (target: within 10 %). Usage: python bench/lagdpo_vs_trl.py [--rows 48] [--repeats 3]
 """
 import argparse
 import copy
@@ -36,7 +39,8 @@ def settings(max_length, batch, max_steps=-1):
     "Identical TrainingArguments for both trainers."
     return dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, max_length=max_length, learning_rate=1e-4,
                 beta=0.1, num_train_epochs=1, max_steps=max_steps, gradient_checkpointing=False, bf16=False, report_to='none',
-                save_strategy='no', logging_strategy='no', disable_tqdm=True, seed=0, dataloader_num_workers=0)
+                save_strategy='no', logging_strategy='no', disable_tqdm=True, seed=0, dataloader_num_workers=0,
+                precompute_ref_log_probs=True)
 
 
 def build(kind, model, tok, rows, max_length, batch, max_steps=-1):
@@ -44,12 +48,20 @@ def build(kind, model, tok, rows, max_length, batch, max_steps=-1):
     if kind == 'trl':
         return DPOTrainer(policy, ref_model=copy.deepcopy(model), args=DPOConfig(**settings(max_length, batch, max_steps)),
                           train_dataset=to_pairs(rows), processing_class=tok)
-    return LagrangianDPOTrainer(policy, ref_model=copy.deepcopy(model), args=LagrangianDPOConfig(**settings(max_length, batch, max_steps)),
+    fast = dict(share_prompt=kind == 'shared', train_sampling_strategy='group_by_length')
+    return LagrangianDPOTrainer(policy, ref_model=copy.deepcopy(model), args=LagrangianDPOConfig(**settings(max_length, batch, max_steps), **fast),
                                 train_dataset=to_groups(rows), processing_class=tok)
 
 
+def limit_tokens(trainer):
+    "Prompt plus the sum of the completions of every row (after truncation): what any layout must process."
+    cap = trainer.args.max_length or 10**9
+    return sum(len(ex['prompt_ids']) + sum(min(len(c), cap - len(ex['prompt_ids'])) for c in [ex['chosen_ids'], *ex['rejected_ids']])
+               for ex in trainer.train_dataset)
+
+
 def tokens(trainer):
-    "Tokens one epoch puts through the policy (and again through the reference): (real tokens, padded batch cells)."
+    "Tokens one epoch puts through the policy (the reference is precomputed): (real tokens, padded batch cells)."
     real = padded = 0
     for batch in trainer.get_train_dataloader():  # the same seeded order and collator as training
         real += int(batch['attention_mask'].sum()); padded += batch['input_ids'].numel()
@@ -80,24 +92,28 @@ def main():
           f"torch threads {torch.get_num_threads()}")
     for kind, b in (('trl', pair_batch), ('lag', a.rows_per_step)):  # warm-up: allocator, kernels, tokenisation caches
         build(kind, model, tok, rows, a.max_length, b, max_steps=2).train()
-    times, toks = {'trl': [], 'lag': []}, {}
-    batches = {'trl': pair_batch, 'lag': a.rows_per_step}
+    kinds = ('trl', 'lag', 'shared')
+    times, toks, limit = {k: [] for k in kinds}, {}, None
+    batches = {'trl': pair_batch, 'lag': a.rows_per_step, 'shared': a.rows_per_step}
     for r in range(a.repeats):
-        for kind in (('trl', 'lag') if r % 2 == 0 else ('lag', 'trl')):  # alternate the order against drifting load
+        for kind in (kinds if r % 2 == 0 else kinds[::-1]):  # alternate the order against drifting load
             s, trainer = timed_epoch(kind, model, tok, rows, a.max_length, batches[kind])
             times[kind].append(s)
             if kind not in toks: toks[kind] = tokens(trainer)
+            if limit is None and kind != 'trl': limit = limit_tokens(trainer)
             print(f"  {kind}: epoch {r + 1} in {s:.1f}s ({s / a.rows:.3f} s/row)")
-    trl_s, lag_s = min(times['trl']) / a.rows, min(times['lag']) / a.rows
-    time_ratio = lag_s / trl_s
-    # the physical limit: the ratio of the tokens the two forwards compute on (padded batches, as each collator builds them)
-    token_ratio = toks['lag'][1] / toks['trl'][1]
-    for name, kind, s in (('TRL DPOTrainer (pairs)  ', 'trl', trl_s), ('LagrangianDPO (grouped) ', 'lag', lag_s)):
-        print(f"{name}: {s:.4f} s/row; per epoch {toks[kind][0]} real tokens, {toks[kind][1]} padded tokens")
-    print(f"real-token ratio {toks['lag'][0] / toks['trl'][0]:.3f}, padded-token ratio {token_ratio:.3f}")
-    print(f"time ratio {time_ratio:.3f} vs token ratio {token_ratio:.3f}: "
-          f"{'within' if abs(time_ratio - token_ratio) <= 0.1 * token_ratio else 'NOT within'} 10 % of the token ratio")
-    print(f"RESULT trl_s_per_row={trl_s:.4f} lag_s_per_row={lag_s:.4f} time_ratio={time_ratio:.3f} token_ratio={token_ratio:.3f}")
+    sec = {k: min(times[k]) / a.rows for k in kinds}
+    names = {'trl': 'TRL DPOTrainer (pairs)    ', 'lag': 'LagrangianDPO (grouped)   ', 'shared': 'LagrangianDPO (shared)    '}
+    print(f"tokens per row (real / padded): " + "; ".join(f"{k} {toks[k][0] / a.rows:.0f} / {toks[k][1] / a.rows:.0f}" for k in kinds)
+          + f"; limit (prompt + completions) {limit / a.rows:.0f}")
+    close = []
+    for k in kinds:
+        # the physical limit of each layout: its padded tokens over TRL's (every cell of a batch is computed)
+        tr, kr = sec[k] / sec['trl'], toks[k][1] / toks['trl'][1]
+        print(f"{names[k]}: {sec[k]:.4f} s/row; time ratio {tr:.3f}, padded-token ratio {kr:.3f}, real-token ratio {toks[k][0] / toks['trl'][0]:.3f}")
+        if k != 'trl': close.append(f"{k} time ratio {tr:.3f} vs token ratio {kr:.3f} ({'within' if abs(tr - kr) <= 0.1 * kr else 'NOT within'} 10 %)")
+    print(f"limit ratio (prompt + completions over TRL's padded tokens) {limit / toks['trl'][1]:.3f}")
+    print("RESULT " + "; ".join(close))
 
 
 if __name__ == '__main__':
