@@ -251,13 +251,10 @@ def _plain(x):
     return x
 
 # %% ../nbs/04_lagrangian.ipynb #a11b9353
-def lagrangian_weights(state:DualState, # the dual state holding the multipliers
-                       formulation:str|None=None, # overrides `state.formulation` (same multipliers layout required)
+def lagrangian_weights(state:DualState, # the dual state holding the multipliers and its formulation
                       ) -> np.ndarray:
     "Per-trait weights w_k of the primal objective sum_k w_k L_k for F1, F2 or F3."
-    form = formulation or state.formulation
-    if form != state.formulation and 'F3' in (form, state.formulation):
-        raise ValueError(f"a {state.formulation} state has no multipliers for {form}")
+    form = state.formulation
     K, lam = len(state.traits), state.lambdas
     if form == 'F1': w = 1.0 / K + lam
     elif form == 'F2':
