@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 from trl.data_utils import _tokenize, common_prefix_length
 
@@ -178,66 +179,73 @@ class DualState:
         "Tolerance eps_k of each trait."
         return np.array([float((self.tolerances or {}).get(k, self.epsilon)) for k in self.traits])
 
-    def violations(self) -> np.ndarray:
-        "Violation of each constraint on the current estimates (NaN where an estimate is missing)."
-        est = np.array([np.nan if e is None else e for e in self.estimates], dtype=np.float64)
-        tol, K = self.tolerance, len(self.traits)
-        if self.formulation == 'F3': return np.array([est[i] - est[j] - tol[i] for i in range(K) for j in range(K) if i != j])
-        return est - tol
+# %% ../nbs/04_lagrangian.ipynb #3d6e7c48
+@patch
+def violations(self:DualState) -> np.ndarray:
+    "Violation of each constraint on the current estimates (NaN where an estimate is missing)."
+    est = np.array([np.nan if e is None else e for e in self.estimates], dtype=np.float64)
+    tol, K = self.tolerance, len(self.traits)
+    if self.formulation == 'F3': return np.array([est[i] - est[j] - tol[i] for i in range(K) for j in range(K) if i != j])
+    return est - tol
 
-    def update(self,
-               loss_sums, # per-trait sum of pair losses over the step, reduced across processes
-               counts, # per-trait number of pairs over the step, reduced across processes
-              ) -> np.ndarray:
-        "Refresh the estimates and take one projected-ascent step; returns the multipliers."
-        sums, counts = _as_float64(loss_sums), _as_float64(counts)
-        if sums.shape != (len(self.traits),) or counts.shape != sums.shape:
-            raise ValueError(f"update needs {len(self.traits)} per-trait sums and counts, got shapes {sums.shape} and {counts.shape}")
-        self.steps += 1
-        self._update_estimates(sums, counts)
-        if self.steps <= self.delay or self.lr == 0: return self.lambdas
-        v = self.violations()
-        for c, name in enumerate(self.names):
-            if self._frozen(name) or not np.isfinite(v[c]): continue
-            lam = self.multipliers[c]
-            lam = lam * math.exp(self.lr * v[c]) if self.log_param else lam + self.lr * v[c]
-            self.multipliers[c] = float(min(max(lam, self.log_floor if self.log_param else 0.0), self.lambda_max))
-        return self.lambdas
+@patch
+def update(self:DualState,
+           loss_sums, # per-trait sum of pair losses over the step, reduced across processes
+           counts, # per-trait number of pairs over the step, reduced across processes
+          ) -> np.ndarray:
+    "Refresh the estimates and take one projected-ascent step; returns the multipliers."
+    sums, counts = _as_float64(loss_sums), _as_float64(counts)
+    if sums.shape != (len(self.traits),) or counts.shape != sums.shape:
+        raise ValueError(f"update needs {len(self.traits)} per-trait sums and counts, got shapes {sums.shape} and {counts.shape}")
+    self.steps += 1
+    self._update_estimates(sums, counts)
+    if self.steps <= self.delay or self.lr == 0: return self.lambdas
+    v = self.violations()
+    for c, name in enumerate(self.names):
+        if self._frozen(name) or not np.isfinite(v[c]): continue
+        lam = self.multipliers[c]
+        lam = lam * math.exp(self.lr * v[c]) if self.log_param else lam + self.lr * v[c]
+        self.multipliers[c] = float(min(max(lam, self.log_floor if self.log_param else 0.0), self.lambda_max))
+    return self.lambdas
 
-    def _update_estimates(self, sums, counts):
-        if self.estimate == 'ema':
-            alpha = 2.0 / (self.window + 1)
-            for k in range(len(self.traits)):
-                if counts[k] <= 0: continue
-                m = float(sums[k] / counts[k])
-                self.estimates[k] = m if self.estimates[k] is None else self.estimates[k] + alpha * (m - self.estimates[k])
-        else:
-            self.buffer = (self.buffer + [[sums.tolist(), counts.tolist()]])[-self.window:]
-            tot_s, tot_n = np.sum([b[0] for b in self.buffer], axis=0), np.sum([b[1] for b in self.buffer], axis=0)
-            for k in range(len(self.traits)):
-                if tot_n[k] > 0: self.estimates[k] = float(tot_s[k] / tot_n[k])
+@patch
+def _update_estimates(self:DualState, sums, counts):
+    if self.estimate == 'ema':
+        alpha = 2.0 / (self.window + 1)
+        for k in range(len(self.traits)):
+            if counts[k] <= 0: continue
+            m = float(sums[k] / counts[k])
+            self.estimates[k] = m if self.estimates[k] is None else self.estimates[k] + alpha * (m - self.estimates[k])
+    else:
+        self.buffer = (self.buffer + [[sums.tolist(), counts.tolist()]])[-self.window:]
+        tot_s, tot_n = np.sum([b[0] for b in self.buffer], axis=0), np.sum([b[1] for b in self.buffer], axis=0)
+        for k in range(len(self.traits)):
+            if tot_n[k] > 0: self.estimates[k] = float(tot_s[k] / tot_n[k])
 
-    def to_dict(self) -> dict:
-        "All fields as JSON-safe plain values (Python floats round-trip exactly)."
-        return _plain({f.name: getattr(self, f.name) for f in fields(self)})
+# %% ../nbs/04_lagrangian.ipynb #9aa71870
+@patch
+def to_dict(self:DualState) -> dict:
+    "All fields as JSON-safe plain values (Python floats round-trip exactly)."
+    return _plain({f.name: getattr(self, f.name) for f in fields(self)})
 
-    @classmethod
-    def from_dict(cls, d:dict) -> DualState:
-        "Rebuild a state written by `to_dict`."
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown: raise ValueError(f"unknown DualState fields {sorted(unknown)}")
-        return cls(**_plain(d))
+@patch(cls_method=True)
+def from_dict(cls:DualState, d:dict) -> DualState:
+    "Rebuild a state written by `to_dict`."
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown: raise ValueError(f"unknown DualState fields {sorted(unknown)}")
+    return cls(**_plain(d))
 
-    def resume_from(self, saved:dict) -> dict:
-        "Take the training state (multipliers, estimates, steps, buffer) of a saved state, keep this state's settings; returns the settings that differ as {name: (saved, current)}."
-        old = DualState.from_dict(saved)
-        if old.traits != self.traits: raise ValueError(f"the saved dual state has traits {old.traits}, this run {self.traits}: a resumed run keeps its traits")
-        if old.names != self.names: raise ValueError(f"the saved dual state has constraints {old.names} ({old.formulation}), this run {self.names} ({self.formulation})")
-        changed = {f: (getattr(old, f), v) for f, v in self.settings().items() if f != 'lambda_init' and _plain(getattr(old, f)) != _plain(v)}
-        lo = self.log_floor if self.log_param else 0.0
-        self.multipliers = [0.0 if self._frozen(c) else float(min(max(m, lo), self.lambda_max)) for c, m in zip(self.names, old.multipliers)]
-        self.estimates, self.steps, self.buffer = list(old.estimates), old.steps, _plain(old.buffer)
-        return changed
+@patch
+def resume_from(self:DualState, saved:dict) -> dict:
+    "Take the training state (multipliers, estimates, steps, buffer) of a saved state, keep this state's settings; returns the settings that differ as {name: (saved, current)}."
+    old = DualState.from_dict(saved)
+    if old.traits != self.traits: raise ValueError(f"the saved dual state has traits {old.traits}, this run {self.traits}: a resumed run keeps its traits")
+    if old.names != self.names: raise ValueError(f"the saved dual state has constraints {old.names} ({old.formulation}), this run {self.names} ({self.formulation})")
+    changed = {f: (getattr(old, f), v) for f, v in self.settings().items() if f != 'lambda_init' and _plain(getattr(old, f)) != _plain(v)}
+    lo = self.log_floor if self.log_param else 0.0
+    self.multipliers = [0.0 if self._frozen(c) else float(min(max(m, lo), self.lambda_max)) for c, m in zip(self.names, old.multipliers)]
+    self.estimates, self.steps, self.buffer = list(old.estimates), old.steps, _plain(old.buffer)
+    return changed
 
 def _as_float64(x) -> np.ndarray:
     if isinstance(x, torch.Tensor): x = x.detach().cpu().double().numpy()
