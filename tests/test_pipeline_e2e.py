@@ -1,6 +1,8 @@
 """The pipeline end to end through the command line, in a subprocess, on a very small configuration."""
 import json
 import math
+import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -96,6 +98,19 @@ def test_figures_and_reports(run):
     assert html.count('data:image/png;base64,') == len(pngs) and 'Selection accuracy' in html
 
 
+def test_figures_are_legible_and_the_report_answers_first(run):
+    from PIL import Image
+    d, _ = run
+    for p in (d/'figures').glob('*.png'):
+        w, h = Image.open(p).size
+        assert w / h <= 2.55, f'{p.name}: {w}x{h} is a strip, wider than 2.5:1'
+    md, html = (d/'report.md').read_text(), (d/'report.html').read_text()
+    assert md.index('## Summary') < md.index('![') < md.index('## Run details'), md[:2000]
+    summary = md.split('## Summary')[1].split('![')[0]
+    for m in ('sft', 'uniform', 'lagdpo'): assert f'| {m} |' in summary, summary  # one row per method
+    assert '<details><summary>Run details' in html and html.index('id="summary"') < html.index('<img')
+
+
 def test_second_run_skips_every_stage(run):
     d, _ = run
     r = cli('run', '--config', 'small.yaml', '--out', 'runs', '--name', 'e2e', cwd=d.parent.parent)
@@ -127,3 +142,18 @@ def test_calibrate_subcommand_on_simulated_ratings(run):
     assert r.returncode == 0, r.stderr[-2000:]
     assert '[stage] calibrate  done in' in r.stdout and not (d/'mfrm'/'error.txt').exists()
     check_mfrm_tables(d, set(ratings['model']))
+
+
+def test_report_compare_puts_runs_side_by_side(run, tmp_path):
+    d, _ = run
+    other = shutil.copytree(d, tmp_path/'other', ignore=shutil.ignore_patterns('final', 'base', 'checkpoint-*', 'cache'))  # tables only
+    r = cli('report', '--compare', str(d), str(other), '--out', str(tmp_path), '--name', 'both', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    html, md = (tmp_path/'both'/'report.html').read_text(), (tmp_path/'both'/'report.md').read_text()
+    n = len(list((d/'figures').glob('*.png')))
+    assert html.count('data:image/png;base64,') == 2 * n, html[:1500]
+    paths = re.findall(r'!\[(?:e2e|other)\]\(([^)]+)\)', md)
+    assert len(paths) == 2 * n and all((tmp_path/'both'/p).exists() for p in paths), paths  # found from the comparison's folder
+    assert md.count('| e2e |') == md.count('| other |') == 3  # the summary: one row per run and method
+    r = cli('report', '--compare', str(d), str(tmp_path/'nope'), cwd=tmp_path)
+    assert r.returncode == 2 and 'not a run directory' in r.stderr, r.stderr
