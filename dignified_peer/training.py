@@ -574,7 +574,7 @@ def shared_prompt_logps(model, # a causal LM with TRL's fused LM head (`add_fuse
                         **kwargs, # passed to the model
                        ):
     "log pi of every completion, laid out [goldens..., rejects...] as the unshared collator lays them out, and the model's outputs."
-    emb = model.get_input_embeddings().weight
+    emb = getattr(model, 'module', model).get_input_embeddings().weight  # DistributedDataParallel hides the model's methods
     allowed = inputs['block_mask'].to(emb.device)[:, None]
     mask = torch.zeros(allowed.shape, dtype=emb.dtype, device=emb.device).masked_fill(~allowed, torch.finfo(emb.dtype).min)
     outputs = model(input_ids=inputs['input_ids'], attention_mask=mask, position_ids=inputs['position_ids'],
@@ -608,7 +608,7 @@ def _can_share_prompt(model, args) -> bool:
 # %% ../nbs/05_training.ipynb #f6890525
 METHODS: dict[str, str|None] = {'lagdpo': 'lagrangian', 'uniform': 'uniform', 'fixed': 'fixed', 'pooled': 'pooled', 'sft': None}
 TRAIN_DEFAULTS: dict[str, Any] = dict(logging_steps=1, report_to='none')  # per-step history; TRL's defaults otherwise
-FAST_DEFAULTS: dict[str, Any] = dict(train_sampling_strategy='group_by_length')  # the preference methods: batches of similar length
+FAST_DEFAULTS: dict[str, Any] = dict(train_sampling_strategy='group_by_length', share_prompt=True)  # the preference methods: batches of similar length, the prompt once per group
 
 def _precompute_pays(args, n_rows:int) -> bool:
     "Precomputing the reference costs one pass over all rows: it pays when training sees every row at least once."
