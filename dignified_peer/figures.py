@@ -17,13 +17,14 @@ import seaborn as sns
 
 from .core import EPSILON, TRAIT_KEYS, TRAITS, parse_traits
 from .data import PersonaKnobRow, atomic_path
+from .mfrm import MFRM, _category_probs, _element_labels, _facet_name
 
 # %% auto #0
 __all__ = ['METHOD_ORDER', 'METHOD_COLORS', 'TRAIT_COLORS', 'THEME', 'MAX_ASPECT', 'SELECTION_TITLES', 'BENCHMARK_METRICS',
            'method_colors', 'sort_methods', 'themed', 'save_figure', 'panels', 'figure_aspect', 'fit_to_page',
            'dataset_figure', 'instance_figure', 'training_curves', 'final_losses', 'tolerance_figure',
            'gradient_norm_figure', 'selection_figure', 'benchmarks_figure', 'ratings_figure', 'trait_measures_figure',
-           'dignity_peer_figure']
+           'dignity_peer_figure', 'wright_map', 'judge_severity_plot', 'category_curves']
 
 # %% ../nbs/08_figures.ipynb #a68cbdc8
 METHOD_ORDER = ('base', 'sft', 'pooled', 'uniform', 'fixed', 'lagdpo')
@@ -315,5 +316,69 @@ def dignity_peer_figure(scores:pd.DataFrame, # columns model, score ('Dignity'|'
     ax.set_xlabel('Peer  P-hat = mean(theta_E, theta_C)  (logits)'); ax.set_ylabel('Dignity  D-hat = mean(theta_A, theta_T)  (logits)')
     ax.legend(loc='best', fontsize=8)
     ax.set_title('Dignified Peer: up and to the right')
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/08_figures.ipynb #ea9e5f7c
+def _ci(t: pd.DataFrame) -> np.ndarray:
+    "95 % half-widths: the joint S.E. where there is one, else the model S.E."
+    se = t['Joint S.E.'].where(t['Joint S.E.'].notna() & (t['Joint S.E.'] > 0), t['Model S.E.'])
+    return 1.96 * se.to_numpy()
+
+def wright_map(mfrm:MFRM, # a fitted MFRM
+               max_labels:int=30, # facets with more elements are drawn as a histogram
+              ) -> plt.Figure:
+    "Wright map: every facet (and each trait's Andrich thresholds) on one logit ruler."
+    ms = mfrm.measures()
+    facets = list(pd.unique(ms['facet']))
+    th = mfrm.thresholds().dropna(subset=['Andrich Threshold'])
+    fig, axes = plt.subplots(1, len(facets) + 1, sharey=True, figsize=(2.6 * (len(facets) + 1), 6))
+    for ax, facet in zip(axes, facets):
+        g = ms[ms['facet'] == facet]
+        if len(g) > max_labels:
+            ax.hist(g['Measure'], bins=30, orientation='horizontal', color='0.6')
+        else:
+            x = np.arange(len(g)) % 3
+            ax.scatter(x, g['Measure'], s=12, color='C0')
+            for xi, (_, r) in zip(x, g.iterrows()): ax.annotate(r['element'], (xi, r['Measure']), fontsize=7, xytext=(3, 0), textcoords='offset points')
+            ax.set_xlim(-0.5, 3.5); ax.set_xticks([])
+        ax.set_title(facet + (' (+)' if facet == _facet_name(mfrm.target) else ' (-)'), fontsize=9)
+    ax = axes[-1]
+    keys = [c for c in th.columns if c not in ('Category', 'Count', '%', 'Avge Meas', 'Andrich Threshold', 'S.E.', 'Used')]
+    groups = list(th.groupby(keys, sort=False)) if keys else [(('all',), th)]
+    for k, (name, g) in enumerate(groups[:12]):
+        ax.scatter(np.full(len(g), k), g['Andrich Threshold'], marker='_', s=200, color='C3')
+    ax.set_xticks(range(min(len(groups), 12)), ['|'.join(map(str, n if isinstance(n, tuple) else (n,))) for n, _ in groups[:12]],
+                  fontsize=7, rotation=90)
+    ax.set_title('thresholds', fontsize=9)
+    axes[0].set_ylabel('logits')
+    fig.suptitle('Wright map'); fig.tight_layout()
+    return fig
+
+# %% ../nbs/08_figures.ipynb #38a6f547
+def judge_severity_plot(mfrm:MFRM, facet:str='judge') -> plt.Figure:
+    "Judge severities (logits, higher = harsher) with 95 % intervals."
+    g = mfrm.measures().query("facet == @facet")
+    fig, ax = plt.subplots(figsize=(5, 0.4 * len(g) + 1.5))
+    y = np.arange(len(g))
+    ax.errorbar(g['Measure'], y, xerr=_ci(g), fmt='s', ms=5, capsize=2)
+    ax.set_yticks(y, g['element']); ax.axvline(0, color='0.8', lw=0.8)
+    ax.set_xlabel('severity (logits)'); ax.set_title(f'{facet} severity')
+    fig.tight_layout()
+    return fig
+
+def category_curves(mfrm:MFRM, max_scales:int=4, # draw at most this many scales
+                    span:float=6.0, # logits either side of 0
+                   ) -> plt.Figure:
+    "Category probability curves P(c | eta) of each rating scale."
+    S = min(len(mfrm.scale_labels_), max_scales)
+    eta = np.linspace(-span, span, 301)
+    fig, axes = plt.subplots(1, S, sharey=True, figsize=(3.2 * S, 3), squeeze=False)
+    for s, ax in enumerate(axes[0]):
+        P, _ = _category_probs(eta, np.full(len(eta), s), mfrm.K_, mfrm.cat_)
+        for c in np.flatnonzero(np.isfinite(mfrm.K_[s])): ax.plot(eta, P[:, c], label=str(c + mfrm.lo_))
+        ax.set_title(_element_labels(mfrm.scale_labels_.iloc[[s]])[0] if mfrm._scale_cols() else 'common scale')
+        ax.set_xlabel('eta = measure - difficulty - severity')
+    axes[0][0].set_ylabel('probability'); axes[0][-1].legend(title='category', fontsize=7)
     fig.tight_layout()
     return fig

@@ -9,7 +9,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from scipy import sparse, stats
@@ -20,8 +19,7 @@ from scipy.sparse.csgraph import connected_components
 from .core import GROUPS, TRAIT_KEYS
 
 # %% auto #0
-__all__ = ['DisconnectedDesignError', 'MFRMConvergenceWarning', 'check_connectivity', 'MFRM', 'wright_map', 'trait_measures_plot',
-           'dignity_peer_plane', 'judge_severity_plot', 'category_curves']
+__all__ = ['DisconnectedDesignError', 'MFRMConvergenceWarning', 'check_connectivity', 'MFRM']
 
 # %% ../nbs/07_mfrm.ipynb #8bc843b2
 class DisconnectedDesignError(ValueError):
@@ -784,93 +782,3 @@ def contrasts(self:MFRM, scores=None, # names: traits and/or 'Dignity', 'Peer'; 
             rows.append({'score': sc, 'model': a, 'versus': b, 'Contrast': d, 'S.E.': se, 'z': z,
                          'p': 2 * stats.norm.sf(abs(z))})
     return pd.DataFrame(rows)
-
-# %% ../nbs/07_mfrm.ipynb #c317bc70
-def _ci(t: pd.DataFrame) -> np.ndarray:
-    "95 % half-widths: the joint S.E. where there is one, else the model S.E."
-    se = t['Joint S.E.'].where(t['Joint S.E.'].notna() & (t['Joint S.E.'] > 0), t['Model S.E.'])
-    return 1.96 * se.to_numpy()
-
-def wright_map(mfrm:MFRM, # a fitted MFRM
-               max_labels:int=30, # facets with more elements are drawn as a histogram
-              ) -> plt.Figure:
-    "Wright map: every facet (and each trait's Andrich thresholds) on one logit ruler."
-    ms = mfrm.measures()
-    facets = list(pd.unique(ms['facet']))
-    th = mfrm.thresholds().dropna(subset=['Andrich Threshold'])
-    fig, axes = plt.subplots(1, len(facets) + 1, sharey=True, figsize=(2.6 * (len(facets) + 1), 6))
-    for ax, facet in zip(axes, facets):
-        g = ms[ms['facet'] == facet]
-        if len(g) > max_labels:
-            ax.hist(g['Measure'], bins=30, orientation='horizontal', color='0.6')
-        else:
-            x = np.arange(len(g)) % 3
-            ax.scatter(x, g['Measure'], s=12, color='C0')
-            for xi, (_, r) in zip(x, g.iterrows()): ax.annotate(r['element'], (xi, r['Measure']), fontsize=7, xytext=(3, 0), textcoords='offset points')
-            ax.set_xlim(-0.5, 3.5); ax.set_xticks([])
-        ax.set_title(facet + (' (+)' if facet == _facet_name(mfrm.target) else ' (-)'), fontsize=9)
-    ax = axes[-1]
-    keys = [c for c in th.columns if c not in ('Category', 'Count', '%', 'Avge Meas', 'Andrich Threshold', 'S.E.', 'Used')]
-    groups = list(th.groupby(keys, sort=False)) if keys else [(('all',), th)]
-    for k, (name, g) in enumerate(groups[:12]):
-        ax.scatter(np.full(len(g), k), g['Andrich Threshold'], marker='_', s=200, color='C3')
-    ax.set_xticks(range(min(len(groups), 12)), ['|'.join(map(str, n if isinstance(n, tuple) else (n,))) for n, _ in groups[:12]],
-                  fontsize=7, rotation=90)
-    ax.set_title('thresholds', fontsize=9)
-    axes[0].set_ylabel('logits')
-    fig.suptitle('Wright map'); fig.tight_layout()
-    return fig
-
-# %% ../nbs/07_mfrm.ipynb #c081fc53
-def trait_measures_plot(mfrm:MFRM) -> plt.Figure:
-    "Per trait, each model's measure with its 95 % interval."
-    t = mfrm.measures().query("facet == @_facet_name(@mfrm.target)")
-    traits = [k for k in TRAIT_KEYS if k in set(t['trait'])] + [k for k in pd.unique(t['trait']) if k not in TRAIT_KEYS]
-    models = list(pd.unique(t['model']))
-    fig, axes = plt.subplots(1, len(traits), sharey=True, figsize=(2.8 * len(traits), 0.35 * len(models) + 1.5), squeeze=False)
-    for ax, tr in zip(axes[0], traits):
-        g = t[t['trait'] == tr].set_index('model').reindex(models)
-        y = np.arange(len(models))
-        ax.errorbar(g['Measure'], y, xerr=_ci(g), fmt='o', ms=4, capsize=2)
-        ax.set_title(tr); ax.axvline(0, color='0.8', lw=0.8); ax.set_xlabel('logits')
-    axes[0][0].set_yticks(range(len(models)), models); axes[0][0].invert_yaxis()
-    fig.tight_layout()
-    return fig
-
-def dignity_peer_plane(mfrm:MFRM) -> plt.Figure:
-    "Each model at (Peer P-hat, Dignity D-hat) with 95 % error bars."
-    d, p = mfrm.dignity_score(), mfrm.peer_score()
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.errorbar(p['measure'], d['measure'], xerr=1.96 * p['se'], yerr=1.96 * d['se'], fmt='o', capsize=2)
-    for m_, x_, y_ in zip(d['model'], p['measure'], d['measure']): ax.annotate(str(m_), (x_, y_), xytext=(4, 4), textcoords='offset points', fontsize=8)
-    ax.axhline(0, color='0.8', lw=0.8); ax.axvline(0, color='0.8', lw=0.8)
-    ax.set_xlabel('Peer score P-hat (logits)'); ax.set_ylabel('Dignity score D-hat (logits)'); ax.set_title('Dignity-Peer plane')
-    fig.tight_layout()
-    return fig
-
-def judge_severity_plot(mfrm:MFRM, facet:str='judge') -> plt.Figure:
-    "Judge severities (logits, higher = harsher) with 95 % intervals."
-    g = mfrm.measures().query("facet == @facet")
-    fig, ax = plt.subplots(figsize=(5, 0.4 * len(g) + 1.5))
-    y = np.arange(len(g))
-    ax.errorbar(g['Measure'], y, xerr=_ci(g), fmt='s', ms=5, capsize=2)
-    ax.set_yticks(y, g['element']); ax.axvline(0, color='0.8', lw=0.8)
-    ax.set_xlabel('severity (logits)'); ax.set_title(f'{facet} severity')
-    fig.tight_layout()
-    return fig
-
-def category_curves(mfrm:MFRM, max_scales:int=4, # draw at most this many scales
-                    span:float=6.0, # logits either side of 0
-                   ) -> plt.Figure:
-    "Category probability curves P(c | eta) of each rating scale."
-    S = min(len(mfrm.scale_labels_), max_scales)
-    eta = np.linspace(-span, span, 301)
-    fig, axes = plt.subplots(1, S, sharey=True, figsize=(3.2 * S, 3), squeeze=False)
-    for s, ax in enumerate(axes[0]):
-        P, _ = _category_probs(eta, np.full(len(eta), s), mfrm.K_, mfrm.cat_)
-        for c in np.flatnonzero(np.isfinite(mfrm.K_[s])): ax.plot(eta, P[:, c], label=str(c + mfrm.lo_))
-        ax.set_title(_element_labels(mfrm.scale_labels_.iloc[[s]])[0] if mfrm._scale_cols() else 'common scale')
-        ax.set_xlabel('eta = measure - difficulty - severity')
-    axes[0][0].set_ylabel('probability'); axes[0][-1].legend(title='category', fontsize=7)
-    fig.tight_layout()
-    return fig

@@ -6,13 +6,10 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import functools
 import hashlib
-import html
 import json
 import os
-import platform
 import re
 import shutil
 import sys
@@ -22,25 +19,22 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .core import resolve_model, EPSILON, TRAIT_KEYS, get_logger, load_model, make_run_dir, n_params, seed_everything, setup_logging, tiny_model
+from .core import resolve_model, get_logger, load_model, make_run_dir, n_params, seed_everything, setup_logging, tiny_model
 from .backends import EndpointAuthError
 from .config import FLAGS, METHOD_NAMES, Config, ConfigError, load_config
 from .data import (PersonaKnobFileError, PersonaKnobValidationError, RunFileError, atomic_path, atomic_write, content_hash,
                                  dataset_stats, load_personaknob, save_personaknob)
-from . import figures as F
 
 log = get_logger('pipeline')  # stages log; only the command line (`main`) prints
 
 # %% auto #0
 __all__ = ['log', 'RUN_FILES', 'DEMO_SETS', 'STAGE_SETTINGS', 'STAGES', 'STAGE_NEEDS', 'STAGE_OUTPUTS', 'SFT_SETTINGS',
-           'PREFERENCE_SETTINGS', 'FIGURES', 'SELECTION_HEADLINE', 'REPORT_CSS', 'FIGURE_CAPTIONS', 'STAGE_FUNCS',
-           'STAGE_COMMANDS', 'USER_ERRORS', 'run_path', 'run_files', 'read_run_table', 'dependents', 'StageError',
-           'RunLockedError', 'RunLock', 'Pipeline', 'stage_data', 'method_order', 'base_model', 'init_model',
-           'method_identity', 'stage_train', 'trained_models', 'stage_select', 'stage_inputs', 'stage_identity',
-           'stage_generate', 'make_judges', 'read_responses', 'stage_judge', 'judge_scale', 'stage_calibrate',
-           'stage_benchmark', 'stage_gradnorm', 'run_histories', 'refit_mfrm', 'build_figures', 'stage_figures',
-           'md_table', 'render_markdown', 'render_html', 'results_table', 'summary_table', 'report_blocks',
-           'stage_report', 'compare_blocks', 'compare_report', 'build_parser', 'main']
+           'PREFERENCE_SETTINGS', 'STAGE_FUNCS', 'STAGE_COMMANDS', 'USER_ERRORS', 'run_path', 'run_files',
+           'read_run_table', 'dependents', 'StageError', 'RunLockedError', 'RunLock', 'Pipeline', 'stage_data',
+           'method_order', 'base_model', 'init_model', 'method_identity', 'stage_train', 'trained_models',
+           'stage_select', 'stage_inputs', 'stage_identity', 'stage_generate', 'make_judges', 'read_responses',
+           'stage_judge', 'judge_scale', 'stage_calibrate', 'stage_benchmark', 'stage_gradnorm', 'stage_figures',
+           'stage_report', 'build_parser', 'main']
 
 # %% ../nbs/09_pipeline.ipynb #2b02138b
 RUN_FILES: dict[str, str] = {
@@ -467,14 +461,15 @@ def stage_benchmark(run:Path, cfg:dict, force:bool=False):
     from dignified_peer.benchmarks import benchmark_summary, load_xstest, run_sycophancy, run_xstest, xstest_classifier_agreement
     from dignified_peer.refusal import REFUSAL_TEST, load_refusal_set
     b, xs, sy = cfg['benchmarks'], [], []
-    with_xstest = b.get('xstest_enabled', True)
+    with_xstest = b['xstest_enabled']
     if with_xstest:
         try: load_xstest(b['xstest'])  # before any model is asked
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{e}, or set benchmarks.xstest in the run config to that folder or file") from None
-        # the classifier's accuracy where labels exist: both classifiers against the hand labels of 06a's test set
-        ag = xstest_classifier_agreement(load_refusal_set(REFUSAL_TEST)).set_index('classifier')
-        log.info(f"  refusal classifiers vs human labels ({REFUSAL_TEST.name}, {int(ag.n.iloc[0])} completions): "
+        # the classifiers' accuracy where labels exist: the configured labelled completions, else 06a's hand-labelled test set
+        labels = Path(b['xstest_labels']) if b['xstest_labels'] else REFUSAL_TEST
+        ag = xstest_classifier_agreement(labels if b['xstest_labels'] else load_refusal_set(REFUSAL_TEST)).set_index('classifier')
+        log.info(f"  refusal classifiers vs human labels ({labels.name}, {int(ag.n.iloc[0])} completions): "
                  + ', '.join(f"{c} {a:.3f}" for c, a in ag.agreement.items()))
     for method, path in trained_models(run, cfg).items():
         be = _backend(run, cfg, method, path, refresh=force)
@@ -512,360 +507,21 @@ def stage_gradnorm(run:Path, cfg:dict, force:bool=False):
     _to_csv(table, run_path(run, 'gradnorm'), index=False)
     log.info(table.round(4).to_string(index=False))
 
-# %% ../nbs/09_pipeline.ipynb #f08bada3
-def _data_stats(run) -> dict|None:
-    names = ('mask_sizes', 'traits', 'cooccurrence', 'lengths', 'length_ratio')
-    if not all(run_path(run, 'data_table', name=n).exists() for n in names): return None
-    return {n: pd.read_csv(run_path(run, 'data_table', name=n), index_col=0 if n == 'cooccurrence' else None) for n in names}
-
-def run_histories(run:str|Path, # a run directory
-                  methods:list[str]|None=None, # only these methods; every trained folder when None
-                 ) -> dict[str, pd.DataFrame]:
-    "method -> its training history, in the paper's method order."
-    out = {p.parent.name: pd.read_csv(p) for p in run_files(run, 'history') if methods is None or p.parent.name in methods}
-    return {m: out[m] for m in F.sort_methods(out)}
-
-def refit_mfrm(run:str|Path, # a run directory with mfrm/fit.json and ratings/ratings.csv
-              ):
-    "The run's MFRM, refitted from its ratings with the settings recorded in `mfrm/fit.json` (None when there is none)."
-    from dignified_peer.mfrm import MFRM
-    if not (p := run_path(run, 'mfrm')).exists() or not run_path(run, 'ratings').exists(): return None
-    try: settings = json.loads(p.read_text(encoding='utf-8'))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        log.warning('%s is not JSON (a run written before fit.json): the MFRM figures are skipped', p); return None
-    return MFRM(**settings).fit(pd.read_csv(run_path(run, 'ratings'), dtype={'item': str}))
-
-# %% ../nbs/09_pipeline.ipynb #f1675fd5
-def _mfrm():
-    import dignified_peer.mfrm as M  # scipy and the estimator: loaded when a figure needs them, not by every command
-    return M
-
-def _dignity_peer(fit):
-    return pd.concat([fit.dignity_score().assign(score='Dignity'), fit.peer_score().assign(score='Peer')], ignore_index=True)
-
-def _inputs(run:Path, cfg:dict) -> dict:
-    "What the figures read, loaded once: tables and the refitted MFRM (None where the run has not written them)."
-    hs = run_histories(run, method_order(cfg))
-    return {'stats': _data_stats(run), 'rows': load_personaknob(run_path(run, 'data_test')) if run_path(run, 'data_test').exists() else None,
-            'histories': hs or None, 'final': F.final_losses(hs, cfg['train']['epsilon']) if hs else None,
-            'gradnorm': read_run_table(run, 'gradnorm'), 'selection': read_run_table(run, 'selection'),
-            'benchmarks': read_run_table(run, 'benchmarks'),
-            'ratings': pd.read_csv(run_path(run, 'ratings'), dtype={'item': str}) if run_path(run, 'ratings').exists() else None,
-            'fit': refit_mfrm(run)}
-
-FIGURES = {  # name -> (the inputs it needs, how it is drawn), in report order
-    'dignity_peer_plane': (('fit',), lambda x, cfg: F.dignity_peer_figure(_dignity_peer(x['fit']))),
-    'tolerance': (('final',), lambda x, cfg: F.tolerance_figure(x['final'])),
-    'training_curves': (('histories',), lambda x, cfg: F.training_curves(x['histories'], cfg['train']['epsilon'])),
-    'gradient_norms': (('gradnorm',), lambda x, cfg: F.gradient_norm_figure(x['gradnorm'])),
-    'dataset_distribution': (('stats',), lambda x, cfg: F.dataset_figure(x['stats'])),
-    'instance': (('rows',), lambda x, cfg: F.instance_figure(x['rows'])),
-    'selection': (('selection',), lambda x, cfg: F.selection_figure(x['selection'], SELECTION_HEADLINE)),
-    'benchmarks': (('benchmarks',), lambda x, cfg: F.benchmarks_figure(x['benchmarks'])),
-    'raw_ratings': (('ratings',), lambda x, cfg: F.ratings_figure(x['ratings'])),
-    'trait_measures': (('fit',), lambda x, cfg: F.trait_measures_figure(x['fit'].measures())),
-    'wright_map': (('fit',), lambda x, cfg: F.fit_to_page(_mfrm().wright_map(x['fit']))),
-    'judge_severity': (('fit',), lambda x, cfg: F.fit_to_page(_mfrm().judge_severity_plot(x['fit']))),
-    'category_curves': (('fit',), lambda x, cfg: F.fit_to_page(_mfrm().category_curves(x['fit']))),
-}
-SELECTION_HEADLINE = 'selection_logp_per_token'  # the selection reading the report and its figure show
-
-def build_figures(run:str|Path, # a run directory written by the pipeline
-                  cfg:dict, # its configuration (the methods and tolerances to draw)
-                 ) -> dict[str, Path]:
-    "Draw every figure the run's tables allow into figures/; returns name -> PNG path. Missing inputs are logged, not fatal."
-    folder, out = run_path(run, 'figures'), {}
-    x = _inputs(Path(run), cfg)
-    for name, (needs, draw) in FIGURES.items():
-        if any(x[n] is None or (isinstance(x[n], pd.DataFrame) and x[n].empty) for n in needs): continue
-        try:
-            with F.themed(): fig = draw(x, cfg)
-            if fig is not None: out[name] = F.save_figure(fig, folder, name)
-        except Exception as e: log.warning('figure %s not made: %s: %s', name, type(e).__name__, e)
-    for old in [*folder.glob('*.png'), *folder.glob('*.pdf')] if folder.exists() else []:
-        if old.stem not in out: old.unlink()  # a figure whose inputs are gone must not outlive them
-    return out
-
+# %% ../nbs/09_pipeline.ipynb #cb749074
 def stage_figures(run:Path, cfg:dict, force:bool=False):
-    "Rebuild every figure from the run's tables (only the configured methods' histories)."
+    "Rebuild every figure from the run's tables (only the configured methods' histories): `report.build_figures`."
+    from dignified_peer.report import build_figures  # matplotlib and the estimator load only when a figure is drawn
     made = build_figures(run, cfg)
     log.info(f"{len(made)} figures in {run_path(run, 'figures')}: {', '.join(made)}")
 
-# %% ../nbs/09_pipeline.ipynb #947807f4
-def md_table(df:pd.DataFrame, digits:int=3) -> str:
-    "A GitHub-flavoured Markdown table (no extra dependency)."
-    def cell(v):
-        if isinstance(v, float): return '' if pd.isna(v) else f'{v:.{digits}f}'
-        return str(v).replace('|', '\\|').replace('\n', ' ')
-    cols = [str(c) for c in df.columns]
-    lines = ['| ' + ' | '.join(cols) + ' |', '|' + '|'.join('---' for _ in cols) + '|']
-    lines += ['| ' + ' | '.join(cell(v) for v in row) + ' |' for row in df.itertuples(index=False)]
-    return '\n'.join(lines)
-
-# %% ../nbs/09_pipeline.ipynb #fd89460d
-def render_markdown(blocks:list[tuple], base:Path|None=None, # where image paths are relative to (the report's folder)
-                   ) -> str:
-    "Blocks ('h1'|'h2'|'h3'|'p'|'code'|'table'|'img'|'gallery'|'details', content[, caption]) as Markdown."
-    out = []
-    for kind, content, *rest in blocks:
-        if kind in ('h1', 'h2', 'h3'): out.append('#' * int(kind[1]) + ' ' + content)
-        elif kind == 'p': out.append(content)
-        elif kind == 'code': out.append('```\n' + content.rstrip() + '\n```')
-        elif kind == 'table': out.append(md_table(content))
-        elif kind == 'img': out.append(f"![{rest[0] if rest else ''}]({content})" + (f"\n\n*{rest[0]}*" if rest else ''))
-        elif kind == 'gallery': out.append(' '.join(f"![{label}]({path})" for path, label in content) + (f"\n\n*{rest[0]}*" if rest else ''))
-        elif kind == 'details': out.append(f"## {content}\n\n" + render_markdown(rest[0]).rstrip())
-    return '\n\n'.join(out) + '\n'
-
-REPORT_CSS = ('body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}'
-              'table{border-collapse:collapse;font-size:13px;margin:.5em 0;display:block;max-width:100%;overflow-x:auto}'
-              'td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f5f9}'
-              'table#summary td{white-space:nowrap}table#summary td:first-child,table#summary th{text-align:center}'
-              'pre{background:#f6f8fa;padding:1em;overflow:auto;font-size:12px}'
-              'figure{margin:1.2em 0}img{max-width:100%;height:auto}figcaption{font-size:14px;color:#444;margin-top:.3em}'
-              '.gallery{display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:1em;align-items:start}'
-              '.gallery figure{margin:0}details{margin:1.5em 0}summary{font-size:1.3em;font-weight:600;cursor:pointer}')
-
-def _img(path:Path, alt:str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}"/>'
-
-def render_html(blocks:list[tuple], base:Path, title:str='Dignified Peer report') -> str:
-    "The same blocks as one self-contained HTML page (figures embedded as base64 PNG)."
-    def body(bs):
-        out = []
-        for kind, content, *rest in bs:
-            cap = rest[0] if rest else ''
-            if kind in ('h1', 'h2', 'h3'): out.append(f'<{kind}>{html.escape(content)}</{kind}>')
-            elif kind == 'p': out.append(f'<p>{html.escape(content)}</p>')
-            elif kind == 'code': out.append(f'<pre>{html.escape(content)}</pre>')
-            elif kind == 'table':
-                tid = f' id="{cap}"' if cap else ''
-                out.append(content.to_html(index=False, float_format=lambda v: f'{v:.3f}', na_rep='', border=0).replace('<table', f'<table{tid}', 1))
-            elif kind == 'img': out.append(f'<figure>{_img(base/content, cap)}<figcaption>{html.escape(cap)}</figcaption></figure>')
-            elif kind == 'gallery':
-                figs = ''.join(f'<figure>{_img(base/p, label)}<figcaption>{html.escape(label)}</figcaption></figure>' for p, label in content)
-                out.append(f'<div class="gallery">{figs}</div>' + (f'<p class="caption">{html.escape(cap)}</p>' if cap else ''))
-            elif kind == 'details': out.append(f'<details><summary>{html.escape(content)}</summary>{body(rest[0])}</details>')
-        return ''.join(out)
-    return (f'<!doctype html><html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<title>{html.escape(title)}</title><style>{REPORT_CSS}</style></head><body>{body(blocks)}</body></html>')
-
-# %% ../nbs/09_pipeline.ipynb #dd4304b3
-FIGURE_CAPTIONS = {  # one sentence per figure: what it shows and what to look for
-    'dignity_peer_plane': 'Each method at (Peer P-hat, Dignity D-hat) with 95 % intervals: a Dignified Peer sits up and to the right; '
-                          'look for Lag-DPO there, and for intervals that do not overlap.',
-    'tolerance': "Each method's loss per trait at the end of training against the dashed tolerance epsilon: a bar below the line "
-                 "meets its constraint L_k <= epsilon, and Lag-DPO should bring every trait below it.",
-    'training_curves': 'Per-trait losses during training (dashed: epsilon, dotted: ln 2) with the multipliers below: look for a '
-                       "multiplier rising while its trait's loss is above epsilon and falling back once it is met.",
-    'gradient_norms': "Propositions F.1/F.2: each trait's weight, gradient norm and share of the update under uniform and Lagrangian "
-                      "weights; look for the lagging trait's share growing under the Lagrangian weights.",
-    'dataset_distribution': 'PersonaKnob: rows by mask size and trait, co-occurrence, lengths and the reject/golden length ratio; look '
-                            'for balanced traits and a ratio near 1 (no length confound).',
-    'instance': 'One PersonaKnob row as a compositional partial order: the golden satisfies every active trait and sits above '
-                'each reject, which violates exactly the trait on its label.',
-    'selection': "Share of test pairs in which each model's per-token likelihood prefers the golden, per trait (95 % intervals): "
-                 "look for trained methods above the base model and the 0.5 line.",
-    'benchmarks': 'The dual-failure benchmarks per method (95 % intervals): look for high XSTest safe compliance together with high '
-                  'unsafe refusal (no over-refusal), and a low sycophancy rate.',
-    'raw_ratings': "Each judge's mean raw rating per method and trait, before calibration: look for judges that differ in level, "
-                   "the bias the MFRM takes out.",
-    'trait_measures': 'Calibrated MFRM measure per method and trait (logits, 95 % intervals): look for the traits where methods '
-                      'separate beyond their intervals.',
-    'wright_map': 'Wright map, every facet on one logit ruler: look for the model measures lying within the spread of item '
-                  'difficulties and judge severities, where the ratings can tell them apart.',
-    'judge_severity': 'Judge severities in logits (higher is harsher) with 95 % intervals: the spread is the judge bias the MFRM '
-                      'removes from every rating.',
-    'category_curves': 'Probability of each rating category along the latent scale: look for every category being the most likely '
-                       'somewhere (ordered thresholds, a scale the judges use as intended).',
-}
-
-def _versions() -> pd.DataFrame:
-    import importlib.metadata as md
-    pk = ['dignified_peer', 'torch', 'transformers', 'trl', 'peft', 'datasets', 'numpy', 'scipy', 'pandas', 'matplotlib', 'seaborn']
-    def v(p):
-        try: return md.version(p)
-        except md.PackageNotFoundError: return '-'
-    return pd.DataFrame({'package': ['python'] + pk, 'version': [platform.python_version()] + [v(p) for p in pk]})
-
-# %% ../nbs/09_pipeline.ipynb #3ae52704
-def _share_cell(r) -> str:
-    if pd.isna(r['value']): return ''
-    ci = f" [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" if 'ci_low' in r and pd.notna(r.get('ci_low')) else ''
-    return f"{r['value']:.2f}{ci}"
-
-def results_table(run:Path, cfg:dict) -> pd.DataFrame|None:
-    "Per model: selection accuracy per trait (95 % CI), Dignity and Peer (S.E.), XSTest rates and sycophancy rate, as text cells."
-    sel, bm = read_run_table(run, 'selection'), read_run_table(run, 'benchmarks')
-    sc = read_run_table(run, 'mfrm_table', name='scores')
-    if sel is None: return None
-    rows = []
-    for m in method_order(cfg):
-        row = {'model': m}
-        s = sel[(sel.model == m) & (sel.metric == SELECTION_HEADLINE)].set_index('trait')
-        for k in TRAIT_KEYS: row[f'select {k}'] = _share_cell(s.loc[k]) if k in s.index else ''
-        for score in ('Dignity', 'Peer'):
-            r = sc[(sc.model == m) & (sc.score == score)] if sc is not None else pd.DataFrame()
-            row[score] = f"{r.measure.iloc[0]:+.2f} ({r.se.iloc[0]:.2f})" if len(r) and pd.notna(r.measure.iloc[0]) else ''
-        for metric, label in (('safe_compliance', 'XSTest safe compliance'), ('unsafe_refusal', 'XSTest unsafe refusal'),
-                              ('sycophancy_rate', 'sycophancy rate')):
-            b = bm[(bm.model == m) & (bm.metric == metric)] if bm is not None else pd.DataFrame()
-            row[label] = _share_cell(b.iloc[0]) if len(b) else ''
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-def _ci_cell(r) -> str:
-    "A rate with its 95 % interval, compact: 0.55 (0.45-0.65)."
-    if r is None or pd.isna(r['value']): return ''
-    return f"{r['value']:.2f} ({r['ci_low']:.2f}-{r['ci_high']:.2f})" if pd.notna(r.get('ci_low')) else f"{r['value']:.2f}"
-
-def summary_table(run:Path, cfg:dict) -> pd.DataFrame|None:
-    "The answer, one row per method: each trait's end-of-training loss against its tolerance, Dignity and Peer (S.E.), selection and benchmark rates."
-    hs = run_histories(run, method_order(cfg))
-    final = F.final_losses(hs, cfg['train']['epsilon']).set_index(['method', 'trait']) if hs else None
-    sel, bm, sc = read_run_table(run, 'selection'), read_run_table(run, 'benchmarks'), read_run_table(run, 'mfrm_table', name='scores')
-    if final is None and sel is None and sc is None: return None
-    def first(df, **kw):
-        if df is None: return None
-        m = pd.Series(True, index=df.index)
-        for k, v in kw.items(): m &= df[k].astype(str) == v
-        return df[m].iloc[0] if m.any() else None
-    rows = []
-    for m in method_order(cfg):
-        row = {'method': m}
-        for k in TRAIT_KEYS:
-            f = final.loc[(m, k)] if final is not None and (m, k) in final.index else None
-            row[f'L_{k} <= eps'] = '' if f is None else f"{'yes' if f['met'] else 'NO'} {f['loss']:.3f}"
-        for score in ('Dignity', 'Peer'):
-            r = first(sc, model=m, score=score)
-            row[f'{score} (S.E.)'] = f"{r['measure']:+.2f} ({r['se']:.2f})" if r is not None and pd.notna(r['measure']) else ''
-        row['selection (all traits)'] = _ci_cell(first(sel, model=m, metric=SELECTION_HEADLINE, trait='all'))
-        for metric, label in (('safe_compliance', 'XSTest safe compliance'), ('unsafe_refusal', 'XSTest unsafe refusal'),
-                              ('sycophancy_rate', 'sycophancy rate')):
-            row[label] = _ci_cell(first(bm, model=m, metric=metric))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-# %% ../nbs/09_pipeline.ipynb #307444f6
-def _pivot(df:pd.DataFrame, index:list[str]) -> pd.DataFrame:
-    "Long (model, value) rows as one column per model, models in method order, no stray axis name."
-    t = df.pivot_table(index=index, columns='model', values='value')
-    return t[F.sort_methods(t.columns)].rename_axis(columns=None).reset_index()
-
-def _figure(run:Path, name:str) -> list[tuple]:
-    return [('img', f'figures/{name}.png', FIGURE_CAPTIONS[name])] if (run_path(run, 'figures')/f'{name}.png').exists() else []
-
-def report_blocks(run:Path, cfg:dict) -> list[tuple]:
-    "What the report says, as blocks, from the run directory's files: the answer first, the run's details last."
-    run = Path(run)
-    B = [('h1', f"Dignified Peer run `{run.name}`"),
-         ('p', f"Model: {cfg['model']['name']}{' (tiny size ' + str(cfg['model']['tiny_size']) + ')' if cfg['model']['name'] == 'tiny' else ''}; "
-               f"data: {cfg['data']['source']}; seed {cfg['run']['seed']}; methods: {', '.join(method_order(cfg))}; "
-               f"epsilon = {cfg['train']['epsilon']}.")]
-    if cfg['model']['name'] == 'tiny':
-        B.append(('p', 'This run uses the offline tiny model and offline judges: it shows the pipeline working end to end; '
-                       'its numbers say nothing about the paper\'s models.'))
-    if (summ := summary_table(run, cfg)) is not None:
-        B += [('h2', 'Summary'),
-              ('p', f"Per method: whether each trait's DPO loss at the end of training (mean of the last 10 logged steps) meets its "
-                    f"tolerance L_k <= epsilon, with the value; the MFRM Dignity and Peer scores (logits, S.E.); selection accuracy over "
-                    f"all traits ({SELECTION_HEADLINE}, test split) and the benchmark rates, with 95 % intervals."),
-              ('table', summ, 'summary')]
-    B += _figure(run, 'dignity_peer_plane')
-    hs = run_histories(run, method_order(cfg))
-    if hs or (run_path(run, 'figures')/'gradient_norms.png').exists():
-        B += [('h2', 'Training')] + _figure(run, 'tolerance') + _figure(run, 'training_curves')
-        if hs:
-            last = []
-            for m, h in hs.items():
-                row = {'method': m, 'steps': int(h['step'].max()) if 'step' in h else len(h)}
-                for k in TRAIT_KEYS:
-                    if f'loss/{k}' in h: row[f'L_{k}'] = h[f'loss/{k}'].dropna().tail(10).mean()
-                    if f'lambda/{k}' in h: row[f'lambda_{k}'] = h[f'lambda/{k}'].dropna().iloc[-1] if h[f'lambda/{k}'].notna().any() else None
-                last.append(row)
-            B += [('p', 'Per-trait DPO loss (mean of the last 10 logged steps) and the final multipliers:'), ('table', pd.DataFrame(last))]
-        B += _figure(run, 'gradient_norms')
-    if (ratio := read_run_table(run, 'data_table', name='length_ratio')) is not None:
-        B += [('h2', 'Data')] + _figure(run, 'dataset_distribution') + _figure(run, 'instance')
-        B += [('p', 'Rows by mask size:'), ('table', read_run_table(run, 'data_table', name='mask_sizes').pivot(index='size', columns='split', values='rows').rename_axis(columns=None).reset_index()),
-              ('p', 'Reject/golden length ratio per trait (a length-confound check):'), ('table', ratio)]
-    if (sel := read_run_table(run, 'selection')) is not None:
-        B += [('h2', 'Selection accuracy (test split)')] + _figure(run, 'selection')
-        if (res := results_table(run, cfg)) is not None:
-            B += [('p', f"Per model: selection accuracy per trait ({SELECTION_HEADLINE}) with 95 % Wilson intervals; MFRM Dignity and "
-                        "Peer scores (logits, S.E.); XSTest and sycophancy rates (95 % intervals)."), ('table', res)]
-        B += [('p', 'Every selection reading, per trait and model:'), ('table', _pivot(sel, ['metric', 'trait']))]
-    if (err := run_path(run, 'mfrm_error')).exists():
-        B += [('h2', 'MFRM calibration'), ('p', f"The MFRM could not be fitted on these ratings: {err.read_text().strip()}")]
-        B += _figure(run, 'raw_ratings')
-    if (sc := read_run_table(run, 'mfrm_table', name='scores')) is not None:
-        meas = read_run_table(run, 'mfrm_table', name='measures')
-        B += [('h2', 'MFRM calibration: from raw ratings to measures')] + _figure(run, 'raw_ratings') + _figure(run, 'trait_measures')
-        B += [('p', 'Dignity score D-hat = mean(theta_A, theta_T) and Peer score P-hat = mean(theta_E, theta_C), with standard errors from the information matrix:'),
-              ('table', sc)]
-        tgt = meas[meas['facet'] == 'model x trait'] if 'facet' in meas else meas
-        cols = [c for c in ('model', 'trait', 'Measure', 'Model S.E.', 'Infit MnSq', 'Outfit MnSq', 'Count') if c in tgt]
-        B += [('p', 'Measures per model and trait:'), ('table', tgt[cols])]
-        B += _figure(run, 'wright_map') + _figure(run, 'judge_severity')
-        if 'facet' in meas:
-            cols = [c for c in ('element', 'Measure', 'Model S.E.', 'Infit MnSq', 'Outfit MnSq', 'Count') if c in meas]
-            B += [('p', 'Judge severities:'), ('table', meas[meas['facet'] == 'judge'][cols])]
-        B += _figure(run, 'category_curves')
-        if (fs := read_run_table(run, 'mfrm_table', name='facet_summary')) is not None:
-            B += [('p', 'Facet summary (FACETS Table 7 conventions):'), ('table', fs)]
-    if (bm := read_run_table(run, 'benchmarks')) is not None:
-        rest = bm[bm.benchmark != 'selection'] if 'benchmark' in bm else bm
-        B += [('h2', 'Dual-failure benchmarks')] + _figure(run, 'benchmarks') + [('table', _pivot(rest, ['benchmark', 'metric']))]
-    st = json.loads(run_path(run, 'stages').read_text()) if run_path(run, 'stages').exists() else {}
-    B.append(('details', 'Run details: timings, versions, configuration', [
-        ('p', f"Written {time.strftime('%Y-%m-%d %H:%M')} by dignified-peer."),
-        ('h3', 'Stage timings'), ('table', pd.DataFrame([{'stage': s, 'seconds': v['seconds'], 'finished': v['finished']} for s, v in st.items()])),
-        ('h3', 'Versions'), ('table', _versions()), ('h3', 'Configuration'), ('code', yaml.safe_dump(cfg, sort_keys=False))]))
-    return B
-
 def stage_report(run:Path, cfg:dict, force:bool=False):
-    "Write report.md and (unless report.html is off) a self-contained report.html."
-    blocks = report_blocks(run, cfg)
-    atomic_write(run_path(run, 'report_md'), render_markdown(blocks))
-    if cfg['report']['html']: atomic_write(run_path(run, 'report_html'), render_html(blocks, Path(run)))
-    log.info(f"{run_path(run, 'report_md')}" + (f" and {run_path(run, 'report_html')}" if cfg['report']['html'] else ''))
+    "Write report.md and report.html: `report.write_report`."
+    from dignified_peer.report import write_report
+    write_report(run, cfg)
 
 STAGE_FUNCS = {'data': stage_data, 'train': stage_train, 'select': stage_select, 'generate': stage_generate,
                'judge': stage_judge, 'calibrate': stage_calibrate, 'benchmark': stage_benchmark,
                'gradnorm': stage_gradnorm, 'figures': stage_figures, 'report': stage_report}
-
-# %% ../nbs/09_pipeline.ipynb #c41de456
-def compare_blocks(runs:list[Path], # finished run directories
-                   out:Path, # the folder of the comparison report (image paths are relative to it)
-                  ) -> list[tuple]:
-    "One report's blocks for several runs: their summaries stacked, then each figure side by side."
-    cfgs = {}
-    for r in runs:
-        if not run_path(r, 'config').exists(): raise FileNotFoundError(f"{r}: not a run directory (no {RUN_FILES['config']})")
-        cfgs[r] = yaml.safe_load(run_path(r, 'config').read_text(encoding='utf-8'))
-    B = [('h1', 'Dignified Peer: ' + ', '.join(f'`{r.name}`' for r in runs) + ' side by side')]
-    B += [('p', f"`{r.name}`: model {c['model']['name']}; data {c['data']['source']}; seed {c['run']['seed']}; "
-                f"methods {', '.join(method_order(c))}; epsilon = {c['train']['epsilon']}.") for r, c in cfgs.items()]
-    tabs = [t.assign(run=r.name)[['run', *t.columns]] for r, c in cfgs.items() if (t := summary_table(r, c)) is not None]
-    if tabs: B += [('h2', 'Summary'), ('p', 'Per run and method, as in each run\'s own report.'), ('table', pd.concat(tabs, ignore_index=True), 'summary')]
-    for name, caption in FIGURE_CAPTIONS.items():
-        have = [(Path(os.path.relpath(run_path(r, 'figures')/f'{name}.png', out)).as_posix(), r.name) for r in runs
-                if (run_path(r, 'figures')/f'{name}.png').exists()]
-        if have: B += [('h2' if name == 'dignity_peer_plane' else 'h3', name.replace('_', ' ').capitalize()), ('gallery', have, caption)]
-    return B
-
-def compare_report(runs:list[str|Path], # finished run directories
-                   out:str|Path|None=None, # the folder holding the comparison; the first run's parent when None
-                   name:str|None=None, # the comparison's folder name; compare-<run names> when None
-                  ) -> Path:
-    "Write report.md and report.html putting several runs side by side; returns the folder."
-    runs = [Path(r) for r in runs]
-    folder = Path(out or runs[0].parent)/(name or 'compare-' + '-'.join(r.name for r in runs))
-    folder.mkdir(parents=True, exist_ok=True)
-    blocks = compare_blocks(runs, folder)
-    atomic_write(run_path(folder, 'report_md'), render_markdown(blocks))
-    atomic_write(run_path(folder, 'report_html'), render_html(blocks, folder, title='Dignified Peer: runs compared'))
-    return folder
 
 # %% ../nbs/09_pipeline.ipynb #c6f9fb9f
 STAGE_COMMANDS = {'data': 'data', 'train': 'train', 'select': 'select', 'generate': 'generate', 'judge': 'judge', 'calibrate': 'calibrate',
@@ -940,6 +596,7 @@ def main(argv:list[str]|None=None) -> int:
             print(f"built {len(df)} rows into {args.out}")
             return 0
         if args.command == 'report' and args.compare:
+            from dignified_peer.report import compare_report
             folder = compare_report(args.compare, out=args.out, name=args.name)
             print(f"dignified-peer report: {len(args.compare)} runs compared in {run_path(folder, 'report_md')} and {run_path(folder, 'report_html')}")
             return 0

@@ -217,7 +217,7 @@ class _Payload:
 
 def test_10_figures_never_unpickle(tmp_path, monkeypatch):
     from dignified_peer.config import load_config
-    from dignified_peer.pipeline import build_figures
+    from dignified_peer.report import build_figures
     run = tmp_path/'run'; (run/'mfrm').mkdir(parents=True)
     marker = tmp_path/'pwned'
     monkeypatch.setenv('PICKLE_MARKER', str(marker))
