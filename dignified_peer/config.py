@@ -141,6 +141,9 @@ class BenchmarksConfig:
     "XSTest and the sycophancy benchmark."
     xstest: str|None = setting(None, 'XSTest file (../shared/data/xstest or XSTEST_PATH when null)')
     xstest_limit: int|None = setting(40, 'XSTest prompts used (all when null)', min=1)
+    xstest_enabled: bool = setting(True, 'run XSTest (the benchmark stage stops when its prompts are not found, unless false)')
+    xstest_labels: str|None = setting(None, "labelled completions (prompt, response, human_class; or XSTest's completion, final_label): "
+                                      "the benchmark logs both refusal classifiers' agreement with them (06a's test set when null)")
     sycophancy: str|None = setting(None, 'sycophancy file (the shipped mini set when null)')
     sycophancy_limit: int|None = setting(None, 'sycophancy items used (all when null)', min=1)
 
@@ -293,6 +296,8 @@ def check_config(cfg:Config) -> Config:
         raise ConfigError(f"judges use different scales {sorted({tuple(j.scale) for j in cfg.judges})}: calibrate them on one scale")
     bx = cfg.benchmarks.xstest
     if bx is not None and not Path(bx).exists(): raise ConfigError(f"benchmarks.xstest not found: {bx}")
+    bl = cfg.benchmarks.xstest_labels
+    if bl is not None and not Path(bl).exists(): raise ConfigError(f"benchmarks.xstest_labels not found: {bl}")
     return cfg
 
 # %% ../nbs/08a_config.ipynb #0057534b

@@ -157,3 +157,18 @@ def test_report_compare_puts_runs_side_by_side(run, tmp_path):
     assert md.count('| e2e |') == md.count('| other |') == 3  # the summary: one row per run and method
     r = cli('report', '--compare', str(d), str(tmp_path/'nope'), cwd=tmp_path)
     assert r.returncode == 2 and 'not a run directory' in r.stderr, r.stderr
+
+
+def test_benchmark_stops_without_xstest_unless_turned_off(run):
+    """Missing XSTest prompts stop the benchmark stage with one line saying where to point; `xstest_enabled: false` runs without them."""
+    d, _ = run
+    cwd, nope = d.parent.parent, str(d.parent.parent/'no-xstest-here')
+    args = ('benchmark', '--config', 'small.yaml', '--out', 'runs', '--name', 'e2e')
+    r = cli(*args, '--force', cwd=cwd, env={'XSTEST_PATH': nope})
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    err = r.stderr.strip().splitlines()[-1]
+    assert 'stage benchmark' in err and 'XSTEST_PATH' in err and 'benchmarks.xstest' in err, err
+    r = cli(*args, '--set', 'benchmarks.xstest_enabled=false', cwd=cwd, env={'XSTEST_PATH': nope})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    bench = pd.read_csv(d/'tables'/'benchmarks.csv')
+    assert 'xstest' not in set(bench.benchmark) and {'selection', 'sycophancy'} <= set(bench.benchmark), sorted(set(bench.benchmark))
