@@ -185,6 +185,8 @@ def _describe(tp) -> str:
     if dataclasses.is_dataclass(tp): return 'a mapping of settings'
     return {bool: 'true or false', int: 'an integer', float: 'a number', str: 'a string'}[tp]
 
+_SCI = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+')  # a number in e-notation, which YAML 1.1 wants with a dot
+
 def _convert(v, tp, where:str):
     "`v` as type `tp`, or ConfigError."
     bad = ConfigError(f"{where} must be {_describe(tp)}, got {v!r}")
@@ -208,6 +210,7 @@ def _convert(v, tp, where:str):
     elif tp is int:
         if isinstance(v, int) and not isinstance(v, bool): return v
     elif tp is float:
+        if isinstance(v, str) and _SCI.fullmatch(v.strip()): v = float(v)  # PyYAML reads 5e-4 (no dot) as a string
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             if not math.isfinite(v): raise ConfigError(f"{where} must be a finite number, got {v!r}")
             return float(v)
