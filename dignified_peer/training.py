@@ -224,7 +224,7 @@ class DualAscentCallback(TrainerCallback, ExportableState):
 
 STATS = ('loss', 'count', 'margin', 'correct', 'chosen', 'rejected')  # columns of the per-trait statistics table (sums over pairs)
 
-# %% ../nbs/05_training.ipynb #d73b42f7
+# %% ../nbs/05_training.ipynb #eecf88dd
 class LagrangianDPOTrainer(DPOTrainer):
     "TRL's `DPOTrainer` with one sigmoid DPO loss per trait, combined by Lagrange multipliers (or a baseline weighting)."
     _tag_names = ['trl', 'dpo', 'lagrangian-dpo', 'dignified-peer']
@@ -267,184 +267,203 @@ class LagrangianDPOTrainer(DPOTrainer):
         "The objective of plain pairs: the one name in `traits`, else `PLAIN_OBJECTIVE`."
         return traits[0] if traits and len(traits) == 1 else PLAIN_OBJECTIVE
 
-    def _tokenize_rows(self, dataset, processing_class, args, dataset_name):
-        "Tokenise grouped or pairwise rows (any TRL format) with TRL's own `_prepare_dataset`, then regroup."
-        layout = _layout(dataset)
-        if layout == 'prepared': return dataset
-        found = _dataset_objectives(dataset, dataset_name, self._plain_name(self.traits))
-        other = [k for k in found if k not in self.traits]
-        if other and not args.drop_other_traits:
-            plain = " (plain pairs, without a `trait` column)" if layout == 'pairs' and 'trait' not in dataset.column_names else ""
-            raise ValueError(f"{dataset_name} dataset {_row(dataset, found[other[0]])} has objective {other[0]!r}{plain}, which is not in "
-                             f"traits={self.traits} (objectives outside it: {other}): add them to `traits`, or set drop_other_traits=True "
-                             f"to train on {self.traits} only")
-        if layout == 'groups': pairs = _explode_groups(dataset, dataset_name)
-        else:
-            pairs = dataset if 'trait' in dataset.column_names else dataset.add_column('trait', [self._plain_name(self.traits)] * len(dataset))
-            pairs = pairs.add_column('_group', list(range(len(pairs))))
-        if other: pairs = pairs.filter(lambda r: r['trait'] in self.traits)
-        return _regroup(super()._prepare_dataset(pairs, processing_class, args, dataset_name), self.traits)
-
-    def _warn_truncated_pairs(self, dataset, args, dataset_name):
-        "Warn when truncation leaves a pair's golden and reject identical: such a pair carries no DPO signal."
-        L = args.max_length
-        if L is None or args.truncation_mode != 'keep_start': return
-        blind = np.zeros(len(self.traits), dtype=int)
-        for ex in dataset:
-            full = (ex['prompt_ids'] + ex['chosen_ids'])[:L]
-            for r, t in zip(ex['rejected_ids'], ex['trait_ids']): blind[t] += (ex['prompt_ids'] + r)[:L] == full
-        for k, n in zip(self.traits, blind):
-            if n: get_logger('training').warning('%s dataset: %d pairs of trait %s have golden and reject identical within '
-                                                 'max_length=%d: their loss stays ln 2; raise max_length', dataset_name, n, k, L)
-
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None: self._signature_columns = ['prompt_ids', 'chosen_ids', 'rejected_ids', 'trait_ids', 'ref_chosen_logps', 'ref_rejected_logps']
 
-    def objective_weights(self, counts:torch.Tensor, # per-trait pair counts of what the loss covers
-                         ) -> np.ndarray:
-        "Per-trait weights w_k of the loss sum_k w_k L_k."
-        w = self.args.weighting
-        if w in ('lagrangian', 'uniform'): return lagrangian_weights(self.dual_state)
-        if w == 'fixed': return np.array([float(self.args.trait_weights.get(k, 0.0)) for k in self.traits])
-        n = counts.detach().double().cpu().numpy()
-        return n / max(n.sum(), 1.0)  # pooled: every pair counts once, as in TRL's mean
+# %% ../nbs/05_training.ipynb #e89ea7c3
+@patch
+def _tokenize_rows(self:LagrangianDPOTrainer, dataset, processing_class, args, dataset_name):
+    "Tokenise grouped or pairwise rows (any TRL format) with TRL's own `_prepare_dataset`, then regroup."
+    layout = _layout(dataset)
+    if layout == 'prepared': return dataset
+    found = _dataset_objectives(dataset, dataset_name, self._plain_name(self.traits))
+    other = [k for k in found if k not in self.traits]
+    if other and not args.drop_other_traits:
+        plain = " (plain pairs, without a `trait` column)" if layout == 'pairs' and 'trait' not in dataset.column_names else ""
+        raise ValueError(f"{dataset_name} dataset {_row(dataset, found[other[0]])} has objective {other[0]!r}{plain}, which is not in "
+                         f"traits={self.traits} (objectives outside it: {other}): add them to `traits`, or set drop_other_traits=True "
+                         f"to train on {self.traits} only")
+    if layout == 'groups': pairs = _explode_groups(dataset, dataset_name)
+    else:
+        pairs = dataset if 'trait' in dataset.column_names else dataset.add_column('trait', [self._plain_name(self.traits)] * len(dataset))
+        pairs = pairs.add_column('_group', list(range(len(pairs))))
+    if other: pairs = pairs.filter(lambda r: r['trait'] in self.traits)
+    return _regroup(super(LagrangianDPOTrainer, self)._prepare_dataset(pairs, processing_class, args, dataset_name), self.traits)
 
-    def per_trait_forward(self, model, inputs:dict) -> dict:
-        "Per-trait losses and counts, and the per-pair log-ratios, from one forward of the policy and the reference."
-        trait_ids, chosen_index = inputs['trait_ids'], inputs['chosen_index']
-        moe = {'output_router_logits': True} if self.aux_loss_enabled else {}  # as TRL: the MoE model then returns `aux_loss`
-        if 'block_mask' in inputs:  # one sequence per group (`share_prompt`)
-            batch = {k: inputs[k] for k in ('input_ids', 'attention_mask')}
-            logps, outputs = shared_prompt_logps(model, inputs, **moe)
-        else:
-            batch = {k: inputs[k] for k in ('input_ids', 'attention_mask', 'completion_mask')}
-            completion_mask = batch['completion_mask']
-            labels = batch['input_ids'].masked_fill(completion_mask == 0, -100)
-            outputs = model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask'], labels=labels,
-                            fused_lm_head=True, use_cache=False, **moe)
-            logps = outputs.log_probs[:, -(completion_mask.size(1) - 1):].sum(dim=1)
-        n_chosen = logps.numel() - trait_ids.numel()
-        if 'ref_logps' in inputs: ref_logps = inputs['ref_logps'].to(logps.dtype)  # precomputed once (`precompute_ref_log_probs`)
-        elif 'block_mask' in inputs: ref_logps = self.shared_ref_logps(inputs)
-        else: ref_logps = torch.cat(self.compute_ref_log_probs(self.ref_model if self.ref_model is not None else self.model, batch))
-        pc, pr = logps[:n_chosen][chosen_index], logps[n_chosen:]
-        rc, rr = ref_logps[:n_chosen][chosen_index], ref_logps[n_chosen:]
-        losses, counts = per_trait_dpo_losses(pc, pr, rc, rr, trait_ids, self.beta, self.traits)
-        return dict(losses=losses, counts=counts, chosen_logratios=(pc - rc).detach(), rejected_logratios=(pr - rr).detach(),
-                    trait_ids=trait_ids, outputs=outputs, batch=batch)
+@patch
+def _warn_truncated_pairs(self:LagrangianDPOTrainer, dataset, args, dataset_name):
+    "Warn when truncation leaves a pair's golden and reject identical: such a pair carries no DPO signal."
+    L = args.max_length
+    if L is None or args.truncation_mode != 'keep_start': return
+    blind = np.zeros(len(self.traits), dtype=int)
+    for ex in dataset:
+        full = (ex['prompt_ids'] + ex['chosen_ids'])[:L]
+        for r, t in zip(ex['rejected_ids'], ex['trait_ids']): blind[t] += (ex['prompt_ids'] + r)[:L] == full
+    for k, n in zip(self.traits, blind):
+        if n: get_logger('training').warning('%s dataset: %d pairs of trait %s have golden and reject identical within '
+                                             'max_length=%d: their loss stays ln 2; raise max_length', dataset_name, n, k, L)
 
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
-        "`Trainer`'s micro-batches of one optimiser step; counts each trait's pairs over all of them and all processes first."
-        batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
-        counts = torch.zeros(len(self.traits), dtype=torch.float64, device=self.accelerator.device)
-        for b in batch_samples: counts += torch.bincount(b['trait_ids'].to(counts.device), minlength=len(self.traits)).double()
-        self._step_counts, self._step_stats = self.accelerator.reduce(counts, reduction='sum'), None  # a fresh step
-        return batch_samples, num_items
+# %% ../nbs/05_training.ipynb #488fe4b9
+@patch
+def objective_weights(self:LagrangianDPOTrainer, counts:torch.Tensor, # per-trait pair counts of what the loss covers
+                     ) -> np.ndarray:
+    "Per-trait weights w_k of the loss sum_k w_k L_k."
+    w = self.args.weighting
+    if w in ('lagrangian', 'uniform'): return lagrangian_weights(self.dual_state)
+    if w == 'fixed': return np.array([float(self.args.trait_weights.get(k, 0.0)) for k in self.traits])
+    n = counts.detach().double().cpu().numpy()
+    return n / max(n.sum(), 1.0)  # pooled: every pair counts once, as in TRL's mean
 
-    def _compute_loss(self, model, inputs, return_outputs=False):
-        mode = 'train' if self.model.training else 'eval'
-        f = self.per_trait_forward(model, inputs)
-        in_step = mode == 'train' and self._step_counts is not None
-        n = self._step_counts.to(f['losses'].dtype) if in_step else f['counts']
-        w = torch.as_tensor(self.objective_weights(n), dtype=f['losses'].dtype, device=f['losses'].device)
-        loss = self.loss_weights[0] * (w * f['losses'] * f['counts'] / n.clamp(min=1)).sum()
-        if in_step: loss = loss * self.accelerator.num_processes  # DDP averages the processes' gradients: this makes it their sum
-        if self.aux_loss_enabled:
-            aux = f['outputs'].aux_loss
-            loss = loss + self.router_aux_loss_coef * aux / (self.current_gradient_accumulation_steps if in_step else 1)
-            self._metrics[mode]['aux_loss'].append(self.accelerator.gather_for_metrics(aux.detach()).mean().item())
-        self._record(mode, f, in_step)
-        return (loss, f['outputs']) if return_outputs else loss
+@patch
+def per_trait_forward(self:LagrangianDPOTrainer, model, inputs:dict) -> dict:
+    "Per-trait losses and counts, and the per-pair log-ratios, from one forward of the policy and the reference."
+    trait_ids, chosen_index = inputs['trait_ids'], inputs['chosen_index']
+    moe = {'output_router_logits': True} if self.aux_loss_enabled else {}  # as TRL: the MoE model then returns `aux_loss`
+    if 'block_mask' in inputs:  # one sequence per group (`share_prompt`)
+        batch = {k: inputs[k] for k in ('input_ids', 'attention_mask')}
+        logps, outputs = shared_prompt_logps(model, inputs, **moe)
+    else:
+        batch = {k: inputs[k] for k in ('input_ids', 'attention_mask', 'completion_mask')}
+        completion_mask = batch['completion_mask']
+        labels = batch['input_ids'].masked_fill(completion_mask == 0, -100)
+        outputs = model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask'], labels=labels,
+                        fused_lm_head=True, use_cache=False, **moe)
+        logps = outputs.log_probs[:, -(completion_mask.size(1) - 1):].sum(dim=1)
+    n_chosen = logps.numel() - trait_ids.numel()
+    if 'ref_logps' in inputs: ref_logps = inputs['ref_logps'].to(logps.dtype)  # precomputed once (`precompute_ref_log_probs`)
+    elif 'block_mask' in inputs: ref_logps = self.shared_ref_logps(inputs)
+    else: ref_logps = torch.cat(self.compute_ref_log_probs(self.ref_model if self.ref_model is not None else self.model, batch))
+    pc, pr = logps[:n_chosen][chosen_index], logps[n_chosen:]
+    rc, rr = ref_logps[:n_chosen][chosen_index], ref_logps[n_chosen:]
+    losses, counts = per_trait_dpo_losses(pc, pr, rc, rr, trait_ids, self.beta, self.traits)
+    return dict(losses=losses, counts=counts, chosen_logratios=(pc - rc).detach(), rejected_logratios=(pr - rr).detach(),
+                trait_ids=trait_ids, outputs=outputs, batch=batch)
 
-    def _record(self, mode, f, in_step):
-        "All-reduce the micro-batch's per-trait sums (one tensor); stop on a non-finite loss; add them to the step's and the log's totals."
-        K, t = len(self.traits), f['trait_ids']
-        margins = self.beta * (f['chosen_logratios'] - f['rejected_logratios'])
-        per_pair = [margins, (margins > 0).to(margins.dtype), self.beta * f['chosen_logratios'], self.beta * f['rejected_logratios']]
-        stats = torch.stack([f['losses'].detach() * f['counts'], f['counts']] + [torch.zeros_like(f['counts']).index_add(0, t, v) for v in per_pair], 1)
-        tokens = f['batch']['attention_mask'].sum()[None].to(stats.dtype)
-        flat = self.accelerator.reduce(torch.cat([stats.flatten(), tokens]).double(), reduction='sum')
-        stats, tokens = flat[:-1].view(K, len(STATS)), flat[-1]
-        if mode == 'train' and not torch.isfinite(stats).all():  # the same reduced numbers everywhere: every process stops
-            last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
-            per = {k: float(stats[i, 0] / stats[i, 1]) for i, k in enumerate(self.traits) if stats[i, 1] > 0}
-            raise NonFiniteLossError(f"non-finite DPO loss at step {self.state.global_step + 1}: per-trait losses {per}, "
-                                     f"multipliers {dict(zip(self.dual_state.names, self.dual_state.multipliers))}. "
-                                     f"Training stopped before the update; last good checkpoint: {last or 'none saved yet'}")
-        if in_step: self._step_stats = stats if self._step_stats is None else self._step_stats + stats
-        self._log_stats[mode] = stats if self._log_stats[mode] is None else self._log_stats[mode] + stats
-        if mode == 'train': self._total_train_tokens += int(tokens.item())
+@patch
+def get_batch_samples(self:LagrangianDPOTrainer, epoch_iterator, num_batches, device):
+    "`Trainer`'s micro-batches of one optimiser step; counts each trait's pairs over all of them and all processes first."
+    batch_samples, num_items = super(LagrangianDPOTrainer, self).get_batch_samples(epoch_iterator, num_batches, device)
+    counts = torch.zeros(len(self.traits), dtype=torch.float64, device=self.accelerator.device)
+    for b in batch_samples: counts += torch.bincount(b['trait_ids'].to(counts.device), minlength=len(self.traits)).double()
+    self._step_counts, self._step_stats = self.accelerator.reduce(counts, reduction='sum'), None  # a fresh step
+    return batch_samples, num_items
 
-    def stat_metrics(self, stats:torch.Tensor, # per-trait sums, columns `STATS`, reduced across processes
-                    ) -> dict[str, float]:
-        "Per-trait and overall metrics from summed statistics: losses, weights, multipliers, reward margins and accuracies."
-        s = stats.double().cpu().numpy(); n, tot = s[:, 1], s.sum(0)
-        w, m = self.objective_weights(torch.as_tensor(n)), {}
-        for i, k in enumerate(self.traits):
-            m[f'weight/{k}'] = float(w[i])
-            if n[i] > 0: m.update({f'loss/{k}': s[i, 0] / n[i], f'rewards/margins/{k}': s[i, 2] / n[i], f'rewards/accuracies/{k}': s[i, 3] / n[i]})
-        m.update({f'lambda/{c}': v for c, v in zip(self.dual_state.names, self.dual_state.multipliers)})
-        if tot[1] > 0: m.update({'rewards/chosen': tot[4] / tot[1], 'rewards/rejected': tot[5] / tot[1],
-                                 'rewards/margins': tot[2] / tot[1], 'rewards/accuracies': tot[3] / tot[1]})
-        return {k: float(v) for k, v in m.items()}
+@patch
+def _compute_loss(self:LagrangianDPOTrainer, model, inputs, return_outputs=False):
+    mode = 'train' if self.model.training else 'eval'
+    f = self.per_trait_forward(model, inputs)
+    in_step = mode == 'train' and self._step_counts is not None
+    n = self._step_counts.to(f['losses'].dtype) if in_step else f['counts']
+    w = torch.as_tensor(self.objective_weights(n), dtype=f['losses'].dtype, device=f['losses'].device)
+    loss = self.loss_weights[0] * (w * f['losses'] * f['counts'] / n.clamp(min=1)).sum()
+    if in_step: loss = loss * self.accelerator.num_processes  # DDP averages the processes' gradients: this makes it their sum
+    if self.aux_loss_enabled:
+        aux = f['outputs'].aux_loss
+        loss = loss + self.router_aux_loss_coef * aux / (self.current_gradient_accumulation_steps if in_step else 1)
+        self._metrics[mode]['aux_loss'].append(self.accelerator.gather_for_metrics(aux.detach()).mean().item())
+    self._record(mode, f, in_step)
+    return (loss, f['outputs']) if return_outputs else loss
 
-    def objective(self, stats:torch.Tensor) -> float:
-        "The loss sum_k w_k L_k of summed statistics (traits without a pair contribute 0)."
-        s = stats.double().cpu().numpy(); w = self.objective_weights(torch.as_tensor(s[:, 1]))
-        return float(self.loss_weights[0] * sum(w[i] * s[i, 0] / s[i, 1] for i in range(len(w)) if s[i, 1] > 0))
+# %% ../nbs/05_training.ipynb #816afc71
+@patch
+def _record(self:LagrangianDPOTrainer, mode, f, in_step):
+    "All-reduce the micro-batch's per-trait sums (one tensor); stop on a non-finite loss; add them to the step's and the log's totals."
+    K, t = len(self.traits), f['trait_ids']
+    margins = self.beta * (f['chosen_logratios'] - f['rejected_logratios'])
+    per_pair = [margins, (margins > 0).to(margins.dtype), self.beta * f['chosen_logratios'], self.beta * f['rejected_logratios']]
+    stats = torch.stack([f['losses'].detach() * f['counts'], f['counts']] + [torch.zeros_like(f['counts']).index_add(0, t, v) for v in per_pair], 1)
+    tokens = f['batch']['attention_mask'].sum()[None].to(stats.dtype)
+    flat = self.accelerator.reduce(torch.cat([stats.flatten(), tokens]).double(), reduction='sum')
+    stats, tokens = flat[:-1].view(K, len(STATS)), flat[-1]
+    if mode == 'train' and not torch.isfinite(stats).all():  # the same reduced numbers everywhere: every process stops
+        last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+        per = {k: float(stats[i, 0] / stats[i, 1]) for i, k in enumerate(self.traits) if stats[i, 1] > 0}
+        raise NonFiniteLossError(f"non-finite DPO loss at step {self.state.global_step + 1}: per-trait losses {per}, "
+                                 f"multipliers {dict(zip(self.dual_state.names, self.dual_state.multipliers))}. "
+                                 f"Training stopped before the update; last good checkpoint: {last or 'none saved yet'}")
+    if in_step: self._step_stats = stats if self._step_stats is None else self._step_stats + stats
+    self._log_stats[mode] = stats if self._log_stats[mode] is None else self._log_stats[mode] + stats
+    if mode == 'train': self._total_train_tokens += int(tokens.item())
 
-    def log(self, logs:dict, start_time=None):
-        "TRL's `log`, with the per-trait metrics computed from the summed statistics since the last log."
-        mode = 'train' if self.model.training else 'eval'
-        stats, self._log_stats[mode] = self._log_stats[mode], None
-        if stats is not None: self._metrics[mode].update({k: [v] for k, v in self.stat_metrics(stats).items()})
-        if mode == 'train' and stats is not None: self._metrics[mode]['num_tokens'] = [self._total_train_tokens]
-        super().log(logs, start_time)
+@patch
+def stat_metrics(self:LagrangianDPOTrainer, stats:torch.Tensor, # per-trait sums, columns `STATS`, reduced across processes
+                ) -> dict[str, float]:
+    "Per-trait and overall metrics from summed statistics: losses, weights, multipliers, reward margins and accuracies."
+    s = stats.double().cpu().numpy(); n, tot = s[:, 1], s.sum(0)
+    w, m = self.objective_weights(torch.as_tensor(n)), {}
+    for i, k in enumerate(self.traits):
+        m[f'weight/{k}'] = float(w[i])
+        if n[i] > 0: m.update({f'loss/{k}': s[i, 0] / n[i], f'rewards/margins/{k}': s[i, 2] / n[i], f'rewards/accuracies/{k}': s[i, 3] / n[i]})
+    m.update({f'lambda/{c}': v for c, v in zip(self.dual_state.names, self.dual_state.multipliers)})
+    if tot[1] > 0: m.update({'rewards/chosen': tot[4] / tot[1], 'rewards/rejected': tot[5] / tot[1],
+                             'rewards/margins': tot[2] / tot[1], 'rewards/accuracies': tot[3] / tot[1]})
+    return {k: float(v) for k, v in m.items()}
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix='eval'):
-        "`Trainer`'s evaluation loop; `<prefix>_loss` is sum_k w_k L_k on the whole evaluation set, not a mean of per-batch losses."
-        self._log_stats['eval'] = None
-        out = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        if self._log_stats['eval'] is not None: out.metrics[f'{metric_key_prefix}_loss'] = self.objective(self._log_stats['eval'])
-        return out
+@patch
+def objective(self:LagrangianDPOTrainer, stats:torch.Tensor) -> float:
+    "The loss sum_k w_k L_k of summed statistics (traits without a pair contribute 0)."
+    s = stats.double().cpu().numpy(); w = self.objective_weights(torch.as_tensor(s[:, 1]))
+    return float(self.loss_weights[0] * sum(w[i] * s[i, 0] / s[i, 1] for i in range(len(w)) if s[i, 1] > 0))
 
-    def _dual_step(self):
-        "The dual step on the optimiser step's reduced totals (every process applies the same update), and its history record."
-        stats, self._step_stats, self._step_counts = self._step_stats, None, None
-        if stats is None: return
-        sums, counts = stats[:, 0].cpu(), stats[:, 1].cpu()
-        self.dual_state.update(sums, counts)
-        rec = {'step': self.state.global_step}
-        for i, k in enumerate(self.traits):
-            rec[f'loss/{k}'] = float(sums[i] / counts[i]) if counts[i] > 0 else None
-            rec[f'estimate/{k}'] = self.dual_state.estimates[i]
-            rec[f'count/{k}'] = int(counts[i])
-        rec.update({f'lambda/{n}': v for n, v in zip(self.dual_state.names, self.dual_state.multipliers)})
-        self.dual_history.append(rec)
+@patch
+def log(self:LagrangianDPOTrainer, logs:dict, start_time=None):
+    "TRL's `log`, with the per-trait metrics computed from the summed statistics since the last log."
+    mode = 'train' if self.model.training else 'eval'
+    stats, self._log_stats[mode] = self._log_stats[mode], None
+    if stats is not None: self._metrics[mode].update({k: [v] for k, v in self.stat_metrics(stats).items()})
+    if mode == 'train' and stats is not None: self._metrics[mode]['num_tokens'] = [self._total_train_tokens]
+    super(LagrangianDPOTrainer, self).log(logs, start_time)
 
-    def load_dual_state(self, checkpoint:str|Path):
-        "Resume the dual state from a checkpoint folder: its state (multipliers, estimates, history), this run's settings (each change logged)."
-        f = Path(checkpoint)/TRAINER_STATE_NAME
-        saved = TrainerState.load_from_json(str(f)).stateful_callbacks.get(DualAscentCallback.__name__) if f.exists() else None
-        if not saved: raise FileNotFoundError(f"{checkpoint} has no {DualAscentCallback.__name__} state in {TRAINER_STATE_NAME}: cannot restore the Lagrange multipliers")
-        for name, (old, new) in self.dual_state.resume_from(saved['attributes']['dual_state']).items():
-            get_logger('training').warning('resuming from %s: %s=%r from this run\'s config replaces the checkpoint\'s %r',
-                                           checkpoint, _CONFIG_NAMES.get(name, name), new, old)
-        self.dual_history = list(saved['attributes']['history'])
+@patch
+def evaluation_loop(self:LagrangianDPOTrainer, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix='eval'):
+    "`Trainer`'s evaluation loop; `<prefix>_loss` is sum_k w_k L_k on the whole evaluation set, not a mean of per-batch losses."
+    self._log_stats['eval'] = None
+    out = super(LagrangianDPOTrainer, self).evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+    if self._log_stats['eval'] is not None: out.metrics[f'{metric_key_prefix}_loss'] = self.objective(self._log_stats['eval'])
+    return out
 
-    def _load_callback_state(self):
-        super()._load_callback_state()
-        for cb in self.callback_handler.callbacks:  # `restore_callback_states_from_checkpoint` rebuilds callbacks without their trainer
-            if isinstance(cb, DualAscentCallback): cb.trainer = self
+# %% ../nbs/05_training.ipynb #7baba6bf
+@patch
+def _dual_step(self:LagrangianDPOTrainer):
+    "The dual step on the optimiser step's reduced totals (every process applies the same update), and its history record."
+    stats, self._step_stats, self._step_counts = self._step_stats, None, None
+    if stats is None: return
+    sums, counts = stats[:, 0].cpu(), stats[:, 1].cpu()
+    self.dual_state.update(sums, counts)
+    rec = {'step': self.state.global_step}
+    for i, k in enumerate(self.traits):
+        rec[f'loss/{k}'] = float(sums[i] / counts[i]) if counts[i] > 0 else None
+        rec[f'estimate/{k}'] = self.dual_state.estimates[i]
+        rec[f'count/{k}'] = int(counts[i])
+    rec.update({f'lambda/{n}': v for n, v in zip(self.dual_state.names, self.dual_state.multipliers)})
+    self.dual_history.append(rec)
 
-    def train(self, resume_from_checkpoint:str|bool|None=None, **kwargs):
-        "TRL's `train`, restoring the multipliers first when resuming."
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None: raise ValueError(f"no checkpoint found in {self.args.output_dir}")
-        self._step_counts = self._step_stats = None
-        if resume_from_checkpoint: self.load_dual_state(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+@patch
+def load_dual_state(self:LagrangianDPOTrainer, checkpoint:str|Path):
+    "Resume the dual state from a checkpoint folder: its state (multipliers, estimates, history), this run's settings (each change logged)."
+    f = Path(checkpoint)/TRAINER_STATE_NAME
+    saved = TrainerState.load_from_json(str(f)).stateful_callbacks.get(DualAscentCallback.__name__) if f.exists() else None
+    if not saved: raise FileNotFoundError(f"{checkpoint} has no {DualAscentCallback.__name__} state in {TRAINER_STATE_NAME}: cannot restore the Lagrange multipliers")
+    for name, (old, new) in self.dual_state.resume_from(saved['attributes']['dual_state']).items():
+        get_logger('training').warning('resuming from %s: %s=%r from this run\'s config replaces the checkpoint\'s %r',
+                                       checkpoint, _CONFIG_NAMES.get(name, name), new, old)
+    self.dual_history = list(saved['attributes']['history'])
+
+@patch
+def _load_callback_state(self:LagrangianDPOTrainer):
+    super(LagrangianDPOTrainer, self)._load_callback_state()
+    for cb in self.callback_handler.callbacks:  # `restore_callback_states_from_checkpoint` rebuilds callbacks without their trainer
+        if isinstance(cb, DualAscentCallback): cb.trainer = self
+
+@patch
+def train(self:LagrangianDPOTrainer, resume_from_checkpoint:str|bool|None=None, **kwargs):
+    "TRL's `train`, restoring the multipliers first when resuming."
+    if resume_from_checkpoint is True:
+        resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        if resume_from_checkpoint is None: raise ValueError(f"no checkpoint found in {self.args.output_dir}")
+    self._step_counts = self._step_stats = None
+    if resume_from_checkpoint: self.load_dual_state(resume_from_checkpoint)
+    return super(LagrangianDPOTrainer, self).train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
 # %% ../nbs/05_training.ipynb #9c8044d2
 REF_LOGPS_CACHE = Path(datasets.config.HF_DATASETS_CACHE)/'dignified_peer'/'ref_logps'  # precomputed reference log-probs, one JSON per key
