@@ -170,12 +170,13 @@ def xstest_source(path:str|Path|None=None, # a CSV file or a folder holding xste
         p = p/'xstest_prompts.csv' if p.is_dir() else p
         if not p.exists(): raise FileNotFoundError(f'no XSTest prompts at {p}')
         return p
-    for cand in (os.environ.get('XSTEST_PATH'), data_dir().parent.parent/'shared'/'data'/'xstest'):
-        if not cand: continue
-        p = Path(cand)
+    if env := os.environ.get('XSTEST_PATH'):  # a path the user set must hold the prompts: no silent fall-back to another copy
+        p = Path(env)
         p = p/'xstest_prompts.csv' if p.is_dir() else p
-        if p.exists(): return p
-    return XSTEST_HUB
+        if not p.exists(): raise FileNotFoundError(f'XSTEST_PATH={env}: no XSTest prompts at {p}')
+        return p
+    p = data_dir().parent.parent/'shared'/'data'/'xstest'/'xstest_prompts.csv'
+    return p if p.exists() else XSTEST_HUB
 
 def load_xstest(path:str|Path|None=None, # see `xstest_source`
                ) -> pd.DataFrame:
