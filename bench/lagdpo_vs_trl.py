@@ -6,7 +6,12 @@ log-probs (`precompute_ref_log_probs`), so each step is the policy's forward and
 The saving of each layout is the tokens it does not process, so its physical limit is its ratio of (padded) tokens to
 TRL's; the limit of any layout is the prompt plus the sum of the completions. Per row the bench prints the real and
 padded tokens of each forward and that limit, the time ratios against TRL, and last how close each time ratio is to
-its token ratio (target: within 10 %). Usage: python bench/lagdpo_vs_trl.py [--rows 48] [--repeats 3]
+its token ratio (target: within 10 %).
+
+Timing: each trainer's epoch of batches (its own sampler and collator) is run as optimiser steps (`training_step`,
+then the optimiser), the three trainers' steps interleaved in proportion so that a shared machine's drifting speed
+(epochs of the same trainer a minute apart differed by up to 30 % here) falls on all three alike. A repeat is one
+epoch of each; the ratios are the medians over repeats. Usage: python bench/lagdpo_vs_trl.py [--rows 48] [--repeats 3]
 """
 import argparse
 import copy
@@ -20,9 +25,9 @@ os.environ.setdefault('TQDM_DISABLE', '1')
 warnings.filterwarnings('ignore')
 
 import datasets
+import numpy as np
 import torch
 import transformers
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import DPOConfig, DPOTrainer
 
 from dignified_peer.core import n_params, seed_everything, tiny_model
@@ -60,24 +65,27 @@ def limit_tokens(trainer):
                for ex in trainer.train_dataset)
 
 
-def tokens(trainer):
-    "Tokens one epoch puts through the policy (the reference is precomputed): (real tokens, padded batch cells)."
-    real = padded = 0
-    for batch in trainer.get_train_dataloader():  # the same seeded order and collator as training
-        real += int(batch['attention_mask'].sum()); padded += batch['input_ids'].numel()
-    return real, padded
+def epoch_batches(trainer):
+    "One epoch of the trainer's own batches (its sampler, collator and precomputed reference log-probs), on its device."
+    return [trainer._prepare_inputs(b) for b in trainer.get_train_dataloader()]
 
 
-def timed_epoch(kind, model, tok, rows, max_length, batch):
-    trainer = build(kind, model, tok, rows, max_length, batch)
-    trainer.remove_callback(PrinterCallback); trainer.remove_callback(ProgressCallback)
-    t0 = time.perf_counter(); trainer.train(); return time.perf_counter() - t0, trainer
+def timed_steps(trainers, batches):
+    "Seconds per trainer for one epoch of optimiser steps, the trainers' steps interleaved in proportion to their counts."
+    order = sorted((i / len(batches[k]), k, i) for k in trainers for i in range(len(batches[k])))
+    spent = dict.fromkeys(trainers, 0.0)
+    for _, k, i in order:
+        t, b = trainers[k], batches[k][i]
+        t0 = time.perf_counter()
+        t.training_step(t.model, b); t.optimizer.step(); t.optimizer.zero_grad()
+        spent[k] += time.perf_counter() - t0
+    return spent
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--rows', type=int, default=48, help='PersonaKnob training rows to train on (default 48)')
-    ap.add_argument('--repeats', type=int, default=3, help='timed epochs per trainer, interleaved; the fastest counts (default 3)')
+    ap.add_argument('--repeats', type=int, default=3, help='timed epochs of each trainer, their steps interleaved; medians count (default 3)')
     ap.add_argument('--max-length', type=int, default=512, help='max_length of both trainers (default 512)')
     ap.add_argument('--rows-per-step', type=int, default=4, help='rows per step of the grouped trainer (default 4)')
     a = ap.parse_args()
@@ -90,26 +98,28 @@ def main():
     print(f"model: {n_params(model)/1e6:.2f}M parameters (tiny Llama 'bench', vocabulary {len(tok)}); "
           f"{a.rows} rows, {n_pairs} pairs; max_length {a.max_length}; {a.rows_per_step} rows or {pair_batch} pairs per step; "
           f"torch threads {torch.get_num_threads()}")
-    for kind, b in (('trl', pair_batch), ('lag', a.rows_per_step)):  # warm-up: allocator, kernels, tokenisation caches
-        build(kind, model, tok, rows, a.max_length, b, max_steps=2).train()
     kinds = ('trl', 'lag', 'shared')
-    times, toks, limit = {k: [] for k in kinds}, {}, None
     batches = {'trl': pair_batch, 'lag': a.rows_per_step, 'shared': a.rows_per_step}
+    trainers = {k: build(k, model, tok, rows, a.max_length, batches[k]) for k in kinds}
+    data = {k: epoch_batches(t) for k, t in trainers.items()}  # precomputes the reference log-probs
+    for t in trainers.values(): t.create_optimizer(); t.model.train(); t.current_gradient_accumulation_steps = 1  # as `train` sets it
+    timed_steps(trainers, {k: b[:2] for k, b in data.items()})  # warm-up: allocator, kernels
+    toks = {k: (sum(int(b['attention_mask'].sum()) for b in data[k]), sum(b['input_ids'].numel() for b in data[k])) for k in kinds}
+    limit = limit_tokens(trainers['lag'])
+    times = {k: [] for k in kinds}
     for r in range(a.repeats):
-        for kind in (kinds if r % 2 == 0 else kinds[::-1]):  # alternate the order against drifting load
-            s, trainer = timed_epoch(kind, model, tok, rows, a.max_length, batches[kind])
-            times[kind].append(s)
-            if kind not in toks: toks[kind] = tokens(trainer)
-            if limit is None and kind != 'trl': limit = limit_tokens(trainer)
-            print(f"  {kind}: epoch {r + 1} in {s:.1f}s ({s / a.rows:.3f} s/row)")
-    sec = {k: min(times[k]) / a.rows for k in kinds}
+        spent = timed_steps(trainers, data)
+        for k in kinds: times[k].append(spent[k])
+        print(f"  epoch {r + 1}: " + ", ".join(f"{k} {spent[k]:.1f}s ({len(data[k])} steps)" for k in kinds))
+    ratio = {k: float(np.median([times[k][r] / times['trl'][r] for r in range(a.repeats)])) for k in kinds}
+    sec = {k: float(np.median(times[k])) / a.rows for k in kinds}
     names = {'trl': 'TRL DPOTrainer (pairs)    ', 'lag': 'LagrangianDPO (grouped)   ', 'shared': 'LagrangianDPO (shared)    '}
     print(f"tokens per row (real / padded): " + "; ".join(f"{k} {toks[k][0] / a.rows:.0f} / {toks[k][1] / a.rows:.0f}" for k in kinds)
           + f"; limit (prompt + completions) {limit / a.rows:.0f}")
     close = []
     for k in kinds:
         # the physical limit of each layout: its padded tokens over TRL's (every cell of a batch is computed)
-        tr, kr = sec[k] / sec['trl'], toks[k][1] / toks['trl'][1]
+        tr, kr = ratio[k], toks[k][1] / toks['trl'][1]
         print(f"{names[k]}: {sec[k]:.4f} s/row; time ratio {tr:.3f}, padded-token ratio {kr:.3f}, real-token ratio {toks[k][0] / toks['trl'][0]:.3f}")
         if k != 'trl': close.append(f"{k} time ratio {tr:.3f} vs token ratio {kr:.3f} ({'within' if abs(tr - kr) <= 0.1 * kr else 'NOT within'} 10 %)")
     print(f"limit ratio (prompt + completions over TRL's padded tokens) {limit / toks['trl'][1]:.3f}")

@@ -79,8 +79,7 @@ def read_run_table(run, key, **kw) -> pd.DataFrame|None:
     return pd.read_csv(p) if p.exists() else None
 
 # %% ../nbs/09_pipeline.ipynb #770340a0
-DEMO_SETS = ('train.max_steps=15', 'train.sft_max_steps=30', 'train.per_device_train_batch_size=4', 'train.dual_lr=1.0',
-             'train.extra.share_prompt=false')  # `dignified-peer demo` only, applied before the user's own --set items
+DEMO_SETS = ('train.max_steps=15', 'train.sft_max_steps=30', 'train.per_device_train_batch_size=4', 'train.dual_lr=1.0')  # `dignified-peer demo` only, applied before the user's own --set items
 
 # %% ../nbs/09_pipeline.ipynb #59fe5ea6
 STAGE_SETTINGS = {  # the settings each stage reads ('' is the whole config)

@@ -5,7 +5,9 @@
 # %% ../nbs/05_training.ipynb #197b4108
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import json
 import math
 import os
@@ -18,9 +20,12 @@ import datasets
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from datasets.fingerprint import Hasher
 from fastcore.basics import patch
-from transformers import TrainerCallback, TrainerState
+from transformers import AttentionInterface, TrainerCallback, TrainerState
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.trainer_callback import ExportableState
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
@@ -28,17 +33,16 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import pad, use_adapter
 from trl.models.utils import disable_gradient_checkpointing
 from accelerate.utils import is_peft_model
-import contextlib
 
 from .core import EPSILON, TRAIT_KEYS, get_logger, parse_traits, seed_everything
 from .lagrangian import DUAL_SETTINGS, DualState, check_objective_names, check_dual_settings, lagrangian_weights, objective_names, per_trait_dpo_losses
 
 # %% auto #0
-__all__ = ['WEIGHTINGS', 'PLAIN_OBJECTIVE', 'DUAL_STATE_NAME', 'STATS', 'REF_LOGPS_CACHE', 'METHODS', 'TRAIN_DEFAULTS',
-           'FAST_DEFAULTS', 'LagrangianDPOConfig', 'DataCollatorForPreferenceGroups', 'NonFiniteLossError',
-           'DualAscentCallback', 'LagrangianDPOTrainer', 'LengthGroupedBatches', 'padding_share',
-           'DataCollatorForSharedPrompt', 'shared_prompt_logps', 'history_frame', 'train', 'TrainScriptArguments',
-           'load_train_config', 'train_cli']
+__all__ = ['WEIGHTINGS', 'PLAIN_OBJECTIVE', 'DUAL_STATE_NAME', 'STATS', 'REF_LOGPS_CACHE', 'SHARED_PROMPT_ATTENTION', 'METHODS',
+           'TRAIN_DEFAULTS', 'FAST_DEFAULTS', 'LagrangianDPOConfig', 'DataCollatorForPreferenceGroups',
+           'NonFiniteLossError', 'DualAscentCallback', 'LagrangianDPOTrainer', 'LengthGroupedBatches', 'padding_share',
+           'DataCollatorForSharedPrompt', 'shared_prompt_layout', 'shared_prompt_attention', 'block_attention_mask',
+           'shared_prompt_logps', 'history_frame', 'train', 'TrainScriptArguments', 'load_train_config', 'train_cli']
 
 # %% ../nbs/05_training.ipynb #c02058d4
 WEIGHTINGS: tuple[str, ...] = ('lagrangian', 'uniform', 'fixed', 'pooled')
@@ -252,6 +256,9 @@ class LagrangianDPOTrainer(DPOTrainer):
                          processing_class=processing_class, data_collator=data_collator, **kwargs)
         if data_collator is None:
             shared = args.share_prompt and _can_share_prompt(self.model, args)
+            if shared:
+                for m in (self.model, self.ref_model):
+                    if m is not None: _attend_to_the_prompt_once(m)
             self.data_collator = (DataCollatorForSharedPrompt if shared else DataCollatorForPreferenceGroups)(
                 self._tokenizer.pad_token_id, args.max_length, args.truncation_mode, args.pad_to_multiple_of)
         self.add_callback(DualAscentCallback(self))
@@ -319,7 +326,7 @@ def per_trait_forward(self:LagrangianDPOTrainer, model, inputs:dict) -> dict:
     "Per-trait losses and counts, and the per-pair log-ratios, from one forward of the policy and the reference."
     trait_ids, chosen_index = inputs['trait_ids'], inputs['chosen_index']
     moe = {'output_router_logits': True} if self.aux_loss_enabled else {}  # as TRL: the MoE model then returns `aux_loss`
-    if 'block_mask' in inputs:  # one sequence per group (`share_prompt`)
+    if 'segment_ids' in inputs:  # one sequence per group (`share_prompt`)
         batch = {k: inputs[k] for k in ('input_ids', 'attention_mask')}
         logps, outputs = shared_prompt_logps(model, inputs, **moe)
     else:
@@ -331,7 +338,7 @@ def per_trait_forward(self:LagrangianDPOTrainer, model, inputs:dict) -> dict:
         logps = outputs.log_probs[:, -(completion_mask.size(1) - 1):].sum(dim=1)
     n_chosen = logps.numel() - trait_ids.numel()
     if 'ref_logps' in inputs: ref_logps = inputs['ref_logps'].to(logps.dtype)  # precomputed once (`precompute_ref_log_probs`)
-    elif 'block_mask' in inputs: ref_logps = self.shared_ref_logps(inputs)
+    elif 'segment_ids' in inputs: ref_logps = self.shared_ref_logps(inputs)
     else: ref_logps = torch.cat(self.compute_ref_log_probs(self.ref_model if self.ref_model is not None else self.model, batch))
     pc, pr = logps[:n_chosen][chosen_index], logps[n_chosen:]
     rc, rr = ref_logps[:n_chosen][chosen_index], ref_logps[n_chosen:]
@@ -556,48 +563,96 @@ def _get_train_sampler(self:LagrangianDPOTrainer, train_dataset=None):
 # %% ../nbs/05_training.ipynb #ab597004
 @dataclass
 class DataCollatorForSharedPrompt(DataCollatorForPreferenceGroups):
-    "One sequence per group: the prompt once, then a block per completion (golden, then each reject) with a block attention mask."
+    "One sequence per group: the prompt once, then a block per completion (golden, then each reject), and where each block sits."
     def __call__(self, examples:list[dict]) -> dict[str, torch.Tensor]:
         if self.truncation_mode != 'keep_start' and self.max_length is not None: raise ValueError("share_prompt needs truncation_mode='keep_start'")
-        rows, chosen_index, trait_ids = [], [], []
+        rows, chosen_index, trait_ids, blocks = [], [], [], []  # blocks: (row, first position, length) of each completion's block
         for g, ex in enumerate(examples):
             p, cap = ex['prompt_ids'], (self.max_length or math.inf) - len(ex['prompt_ids'])
             comps = [ex['chosen_ids']] + list(ex['rejected_ids'])
             comps = [c[:cap] if cap < math.inf else c for c in comps]
             ids, pos, seg, lab = list(p[:-1]), list(range(len(p) - 1)), [-1] * (len(p) - 1), [-100] * (len(p) - 1)
             for j, c in enumerate(comps):  # block j: the last prompt token again, then completion j, at positions len(p)-1...
+                blocks.append((g, len(ids), len(c) + 1))
                 ids += [p[-1]] + c; pos += range(len(p) - 1, len(p) + len(c)); seg += [j] * (len(c) + 1); lab += c + [-100]
-            rows.append((ids, pos, seg, lab, len(p) - 1))
+            rows.append((ids, pos, seg, lab))
             chosen_index += [g] * len(ex['rejected_ids']); trait_ids += list(ex['trait_ids'])
         T = max(len(r[0]) for r in rows)
         if self.pad_to_multiple_of: T = -(-T // self.pad_to_multiple_of) * self.pad_to_multiple_of
         B = len(rows)
         out = {'input_ids': torch.full((B, T), self.pad_token_id), 'attention_mask': torch.zeros(B, T, dtype=torch.long),
                'position_ids': torch.zeros(B, T, dtype=torch.long), 'segment_ids': torch.full((B, T), -1),
-               'shift_labels': torch.full((B, T), -100), 'block_mask': torch.eye(T, dtype=torch.bool).repeat(B, 1, 1),  # padding sees itself: no empty softmax row
-               'n_blocks': torch.tensor([1 + len(ex['rejected_ids']) for ex in examples])}
-        for b, (ids, pos, seg, lab, n) in enumerate(rows):
-            L = len(ids); s = torch.tensor(seg)
+               'shift_labels': torch.full((B, T), -100), 'n_blocks': torch.tensor([1 + len(ex['rejected_ids']) for ex in examples]),
+               'prompt_lengths': torch.tensor([len(ex['prompt_ids']) - 1 for ex in examples]),  # the shared prefix: the prompt but its last token
+               **dict(zip(('block_rows', 'block_starts', 'block_lengths'), torch.tensor(blocks).T.contiguous()))}
+        for b, (ids, pos, seg, lab) in enumerate(rows):
+            L = len(ids)
             out['input_ids'][b, :L] = torch.tensor(ids); out['attention_mask'][b, :L] = 1; out['position_ids'][b, :L] = torch.tensor(pos)
-            out['segment_ids'][b, :L] = s; out['shift_labels'][b, :L] = torch.tensor(lab)
-            causal = torch.ones(L, L, dtype=torch.bool).tril()
-            same = (s[:, None] == s[None, :]) | (s[None, :] == -1)  # a block sees itself and the prompt
-            out['block_mask'][b, :L, :L] = causal & same
+            out['segment_ids'][b, :L] = torch.tensor(seg); out['shift_labels'][b, :L] = torch.tensor(lab)
         out.update(chosen_index=torch.tensor(chosen_index, dtype=torch.long), trait_ids=torch.tensor(trait_ids, dtype=torch.long))
         if 'ref_chosen_logps' in examples[0]:
             out['ref_logps'] = torch.tensor([ex['ref_chosen_logps'] for ex in examples] + [v for ex in examples for v in ex['ref_rejected_logps']], dtype=torch.float64)
         return out
 
+# %% ../nbs/05_training.ipynb #e2b9e76a
+SHARED_PROMPT_ATTENTION = 'sdpa_shared_prompt'  # the name of `shared_prompt_attention` in transformers' AttentionInterface
+
+def shared_prompt_layout(inputs:dict, # a batch of `DataCollatorForSharedPrompt`
+                        ) -> dict:
+    "Where `shared_prompt_attention` reads and writes: each block's positions, what each block and the prompt may see."
+    rows, starts, lengths, prompt = (inputs[k] for k in ('block_rows', 'block_starts', 'block_lengths', 'prompt_lengths'))
+    (B, T), dev = inputs['input_ids'].shape, starts.device
+    P, C = int(prompt.max()), int(lengths.max())
+    c, p = torch.arange(C, device=dev), torch.arange(P, device=dev)
+    valid = c[None] < lengths[:, None]  # (blocks, C): a block's own positions; the rest pads it to the longest block
+    src = rows[:, None] * T + torch.where(valid, starts[:, None] + c, starts[:, None])  # flat positions in the batch
+    sees_prompt = (p[None] < prompt[rows][:, None])[:, None].expand(-1, C, -1)  # its row's prompt, all of it
+    own = (c[None, :] <= c[:, None])[None] & valid[:, None]  # itself, causally
+    prompt_valid = p[None] < prompt[:, None]
+    prompt_mask = ((p[None, :] <= p[:, None])[None] & prompt_valid[:, None]) | torch.eye(P, dtype=torch.bool, device=dev)  # past a short prompt: itself, no empty softmax row
+    dst = torch.cat([(torch.arange(B, device=dev)[:, None] * T + p)[prompt_valid], src[valid]])
+    return dict(rows=rows, src=src, valid=valid, block_mask=torch.cat([sees_prompt, own], -1)[:, None], prompt_width=P,
+                prompt_mask=prompt_mask[:, None], prompt_valid=prompt_valid, dst=dst)
+
+def shared_prompt_attention(module, query, key, value, attention_mask, dropout:float=0.0, scaling:float|None=None,
+                            shared_prompt_layout:dict|None=None, # `shared_prompt_layout` of a shared batch; sdpa without it
+                            **kwargs):
+    "transformers' sdpa attention; on a shared batch the prompt attends to itself once and each block to the prompt and itself."
+    if shared_prompt_layout is None: return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    L = shared_prompt_layout
+    key, value = (repeat_kv(t, query.size(1) // t.size(1)) for t in (key, value))  # grouped-query heads
+    (B, H, T, D), P = query.shape, L['prompt_width']
+    blocks = lambda t: t.transpose(1, 2).reshape(B * T, H, D)[L['src']].transpose(1, 2)  # (blocks, heads, C, D)
+    attend = functools.partial(F.scaled_dot_product_attention, dropout_p=dropout, scale=scaling)
+    kb, vb = (torch.cat([t[L['rows'], :, :P], blocks(t)], 2) for t in (key, value))  # the row's prompt, then the block
+    out = [attend(blocks(query), kb, vb, attn_mask=L['block_mask']).transpose(1, 2)[L['valid']]]
+    if P: out.insert(0, attend(query[:, :, :P], key[:, :, :P], value[:, :, :P], attn_mask=L['prompt_mask']).transpose(1, 2)[L['prompt_valid']])
+    return query.new_zeros(B * T, H, D).index_copy(0, L['dst'], torch.cat(out)).view(B, T, H, D), None  # padding: zeros
+
+AttentionInterface.register(SHARED_PROMPT_ATTENTION, shared_prompt_attention)
+AttentionMaskInterface.register(SHARED_PROMPT_ATTENTION, sdpa_mask)
+
+def block_attention_mask(inputs:dict, # a batch of `DataCollatorForSharedPrompt`
+                         dtype:torch.dtype, # the model's
+                        ) -> torch.Tensor:
+    "The additive (batch, 1, T, T) mask of a shared batch, for kernels that read the model's mask (eager, sdpa): each block sees the prompt and itself."
+    seg, real = inputs['segment_ids'], inputs['attention_mask'].bool()
+    causal = torch.ones(seg.size(1), seg.size(1), dtype=torch.bool, device=seg.device).tril()
+    sees = (seg[:, :, None] == seg[:, None, :]) | (seg[:, None, :] == -1)
+    allowed = (causal & sees & real[:, None, :]) | torch.eye(seg.size(1), dtype=torch.bool, device=seg.device)  # padding sees itself: no empty softmax row
+    return torch.zeros(allowed.shape, dtype=dtype, device=seg.device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+# %% ../nbs/05_training.ipynb #7800167c
 def shared_prompt_logps(model, # a causal LM with TRL's fused LM head (`add_fused_lm_head`; the trainer adds it)
                         inputs:dict, # a batch of `DataCollatorForSharedPrompt`
                         **kwargs, # passed to the model
                        ):
     "log pi of every completion, laid out [goldens..., rejects...] as the unshared collator lays them out, and the model's outputs."
-    emb = getattr(model, 'module', model).get_input_embeddings().weight  # DistributedDataParallel hides the model's methods
-    allowed = inputs['block_mask'].to(emb.device)[:, None]
-    mask = torch.zeros(allowed.shape, dtype=emb.dtype, device=emb.device).masked_fill(~allowed, torch.finfo(emb.dtype).min)
-    outputs = model(input_ids=inputs['input_ids'], attention_mask=mask, position_ids=inputs['position_ids'],
-                    shift_labels=inputs['shift_labels'], fused_lm_head=True, use_cache=False, **kwargs)
+    inner = getattr(model, 'module', model)  # DistributedDataParallel hides the model's methods
+    if inner.config._attn_implementation == SHARED_PROMPT_ATTENTION: attend = {'shared_prompt_layout': shared_prompt_layout(inputs)}
+    else: attend = {'attention_mask': block_attention_mask(inputs, inner.get_input_embeddings().weight.dtype)}
+    outputs = model(input_ids=inputs['input_ids'], position_ids=inputs['position_ids'], shift_labels=inputs['shift_labels'],
+                    fused_lm_head=True, use_cache=False, **attend, **kwargs)
     n = inputs['n_blocks']
     sums = torch.zeros(n.numel(), int(n.max()), dtype=outputs.log_probs.dtype, device=outputs.log_probs.device)
     sums = sums.scatter_add(1, inputs['segment_ids'].clamp(min=0).to(sums.device), outputs.log_probs)  # the prompt's positions carry no label (0)
@@ -619,10 +674,18 @@ def _can_share_prompt(model, args) -> bool:
     "Whether `share_prompt` can run here; the reason, once, when it cannot."
     impl = getattr(model.config, '_attn_implementation', None)
     why = (f"truncation_mode={args.truncation_mode!r} cuts each sequence's prompt differently" if args.max_length and args.truncation_mode != 'keep_start' else
-           f"the attention implementation {impl!r} takes no custom 4D mask" if impl not in ('eager', 'sdpa') else None)
+           f"the attention implementation {impl!r} takes no custom 4D mask" if impl not in ('eager', 'sdpa', SHARED_PROMPT_ATTENTION) else None)
     if why and why not in _warned_share:
         _warned_share.add(why); get_logger('training').warning('share_prompt: %s; one sequence per completion instead', why)
     return why is None
+
+def _attend_to_the_prompt_once(model) -> None:
+    "Switch a model on sdpa to `SHARED_PROMPT_ATTENTION` (sdpa itself on every batch that is not shared); others keep the block mask."
+    base = model.get_base_model() if is_peft_model(model) else model
+    c = base.config
+    if (c._attn_implementation == 'sdpa' and not getattr(c, 'sliding_window', None) and not getattr(c, 'attn_logit_softcapping', None)
+            and base._can_set_attn_implementation()):
+        base.set_attn_implementation(SHARED_PROMPT_ATTENTION)
 
 # %% ../nbs/05_training.ipynb #f6890525
 METHODS: dict[str, str|None] = {'lagdpo': 'lagrangian', 'uniform': 'uniform', 'fixed': 'fixed', 'pooled': 'pooled', 'sft': None}
