@@ -20,7 +20,7 @@ NBTEST_ARGS ?= --flags slow
 setup:
 	@start=$$(date +%s); \
 	if [ ! -x $(PY) ]; then echo "creating $(VENV)"; python3 -m venv $(VENV) || exit 1; fi; \
-	if ! $(PY) -c 'import torch' 2>/dev/null; then \
+	if ! $(PY) -c 'import importlib.util as u, sys; sys.exit(u.find_spec("torch") is None)' 2>/dev/null; then \
 	  echo "installing torch $(TORCH_VERSION) (CPU build where available) before anything else"; \
 	  $(PY) -m pip install -q "torch==$(TORCH_VERSION)" || exit 1; fi; \
 	if [ ! -f $(STAMP) ] || [ settings.ini -nt $(STAMP) ] || [ setup.py -nt $(STAMP) ] || [ Makefile -nt $(STAMP) ]; then \

@@ -5,6 +5,7 @@
 # %% ../nbs/04_lagrangian.ipynb #7699079b
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from dataclasses import dataclass, field, fields
@@ -330,6 +331,8 @@ def completion_logps(model, # a causal LM
     order = sorted(range(len(split)), key=lambda i: len(split[i][0]) + len(split[i][1]))  # similar lengths share a batch
     bs = batch_size or max(len(order), 1)
     dev, pad_id = next(model.parameters()).device, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    base = model.get_base_model() if hasattr(model, 'get_base_model') else model  # PEFT passes the keyword through
+    takes_keep = 'logits_to_keep' in inspect.signature(type(base).forward).parameters
     was_training, out = model.training, []
     if not grad: model.eval()
     try:
@@ -343,8 +346,10 @@ def completion_logps(model, # a causal LM
                     ids[r, :len(p) + len(c)] = torch.tensor(p + c); att[r, :len(p) + len(c)] = 1
                     mask[r, len(p) - 1:len(p) + len(c) - 1] = 1  # positions that predict completion tokens
                 ids, att, mask = ids.to(dev), att.to(dev), mask.to(dev)
-                logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].double()
-                out.append((torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0] * mask).sum(1))
+                s = min(len(split[i][0]) for i in idx) - 1  # the first position that predicts a completion token
+                keep = {'logits_to_keep': T - s} if takes_keep else {}  # no LM head, no softmax over the prompt's positions
+                logits = model(input_ids=ids, attention_mask=att, **keep).logits[:, -(T - s) if keep else s:-1].double()
+                out.append((torch.log_softmax(logits, -1).gather(-1, ids[:, s + 1:, None])[..., 0] * mask[:, s:]).sum(1))
     finally:
         model.train(was_training)
     lp = torch.cat(out)[torch.argsort(torch.tensor(order))] if out else torch.zeros(0, dtype=torch.float64)
