@@ -40,21 +40,21 @@ transformers.utils.logging.disable_progress_bar()
 logging.getLogger('transformers').setLevel(logging.ERROR)
 
 
-def settings(max_length, batch, max_steps=-1):
+def settings(max_length, batch):
     "Identical TrainingArguments for both trainers."
     return dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, max_length=max_length, learning_rate=1e-4,
-                beta=0.1, num_train_epochs=1, max_steps=max_steps, gradient_checkpointing=False, bf16=False, report_to='none',
+                beta=0.1, num_train_epochs=1, gradient_checkpointing=False, bf16=False, report_to='none',
                 save_strategy='no', logging_strategy='no', disable_tqdm=True, seed=0, dataloader_num_workers=0,
                 precompute_ref_log_probs=True)
 
 
-def build(kind, model, tok, rows, max_length, batch, max_steps=-1):
+def build(kind, model, tok, rows, max_length, batch):
     policy = copy.deepcopy(model)
     if kind == 'trl':
-        return DPOTrainer(policy, ref_model=copy.deepcopy(model), args=DPOConfig(**settings(max_length, batch, max_steps)),
+        return DPOTrainer(policy, ref_model=copy.deepcopy(model), args=DPOConfig(**settings(max_length, batch)),
                           train_dataset=to_pairs(rows), processing_class=tok)
     fast = dict(share_prompt=kind == 'shared', train_sampling_strategy='group_by_length')
-    return LagrangianDPOTrainer(policy, ref_model=copy.deepcopy(model), args=LagrangianDPOConfig(**settings(max_length, batch, max_steps), **fast),
+    return LagrangianDPOTrainer(policy, ref_model=copy.deepcopy(model), args=LagrangianDPOConfig(**settings(max_length, batch), **fast),
                                 train_dataset=to_groups(rows), processing_class=tok)
 
 

@@ -56,8 +56,9 @@ def main():
           f"max_length {t['max_length']}; torch threads {torch.get_num_threads()}")
     results = []
     layouts = {'shared': {}, 'unshared': dict(share_prompt=False, train_sampling_strategy='random')}
-    for method in [x for x in t['methods'] if x != 'base']:
-      for layout in (['shared', 'unshared'] if a.unshared and method != 'sft' else ['shared']):
+    runs = [(method, layout) for method in t['methods'] if method != 'base'
+            for layout in (['shared', 'unshared'] if a.unshared and method != 'sft' else ['shared'])]
+    for method, layout in runs:
         clock = StepClock()
         with tempfile.TemporaryDirectory() as out:
             res = train(method, data=rows, model=m['name'], output_dir=out, peft=m['peft'], progress=False, callbacks=[clock],

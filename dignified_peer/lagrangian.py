@@ -348,7 +348,8 @@ def completion_logps(model, # a causal LM
                 ids, att, mask = ids.to(dev), att.to(dev), mask.to(dev)
                 s = min(len(split[i][0]) for i in idx) - 1  # the first position that predicts a completion token
                 keep = {'logits_to_keep': T - s} if takes_keep else {}  # no LM head, no softmax over the prompt's positions
-                logits = model(input_ids=ids, attention_mask=att, **keep).logits[:, -(T - s) if keep else s:-1].double()
+                logits = model(input_ids=ids, attention_mask=att, **keep).logits  # positions s.. (all of them without keep)
+                logits = (logits if keep else logits[:, s:])[:, :-1].double()
                 out.append((torch.log_softmax(logits, -1).gather(-1, ids[:, s + 1:, None])[..., 0] * mask[:, s:]).sum(1))
     finally:
         model.train(was_training)
